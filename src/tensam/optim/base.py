@@ -1,0 +1,162 @@
+"""The shared mechanism behind every method: a ``torch.optim.Optimizer`` that wraps a base one.
+
+Two families cover all methods of the papers:
+
+* :class:`TwoPassOptimizer` (SAM, ASAM, nuSAM): perturb w -> w + e(g), take a second gradient
+  there, restore w, and let the base optimizer step with the perturbed gradient (Algorithm 1).
+  A method only defines :meth:`TwoPassOptimizer.perturbation`.
+* :class:`ScalingOptimizer` (DAS, nBAR, oBAR): one gradient, then per-core rescaling
+  G_k <- (1 + lambda_k) G_k alongside the base step (Eq. 7-8). A method only defines
+  :meth:`ScalingOptimizer.scale_factors`.
+
+The wrapper shares ``param_groups`` (and thus learning rates) with the base optimizer, so LR
+schedulers, gradient clipping and checkpointing work on the wrapper as on any optimizer.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+
+from tensam.cores import as_core_groups
+from tensam.norms import CoreIndex
+
+
+class WrappedOptimizer(torch.optim.Optimizer):
+    """An optimizer that delegates the parameter update to ``base``."""
+
+    def __init__(self, base: torch.optim.Optimizer, defaults: dict | None = None):
+        if not isinstance(base, torch.optim.Optimizer):
+            raise TypeError(f"base must be a torch.optim.Optimizer, got {type(base).__name__}")
+        self.base = base
+        super().__init__([p for g in base.param_groups for p in g["params"]], defaults or {})
+        self.param_groups = base.param_groups  # shared: schedulers see one set of groups
+        for group in self.param_groups:
+            for key, value in (defaults or {}).items():
+                group.setdefault(key, value)
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"base": self.base.state_dict(), "wrapper": super().state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.base.load_state_dict(state_dict["base"])
+        super().load_state_dict(state_dict["wrapper"])
+        self.param_groups = self.base.param_groups
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base={type(self.base).__name__})"
+
+
+class TwoPassOptimizer(WrappedOptimizer):
+    """Perturb, re-evaluate the gradient, restore exactly, then take the base step.
+
+    ``step(closure)`` expects the first gradient g (at w) to be on ``.grad`` already, as after a
+    normal ``loss.backward()``; ``closure`` must recompute the loss *and call backward* at the
+    perturbed point. The restore copies the saved w back, so it is exact (not w + e - e).
+    """
+
+    def __init__(self, base, params_to_perturb: Iterable[torch.Tensor] | None = None, **defaults):
+        super().__init__(base, defaults)
+        chosen = list(params_to_perturb) if params_to_perturb is not None else self.params
+        member = {id(p) for p in chosen}
+        self._perturbed = [p for p in self.params if id(p) in member]
+        if not self._perturbed:
+            raise ValueError("no parameter selected for perturbation")
+
+    def perturbation(self, params: list[torch.Tensor], grads: list[torch.Tensor]):
+        """The ascent step e (one tensor per parameter) computed from the first gradient."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None):
+        if closure is None:
+            raise RuntimeError(f"{type(self).__name__}.step needs a closure that re-runs backward")
+        params = [p for p in self._perturbed if p.grad is not None]
+        if params:
+            grads = [p.grad for p in params]
+            e = self.perturbation(params, grads)
+            saved = [p.clone() for p in params]
+            torch._foreach_add_(params, e)
+            self.base.zero_grad(set_to_none=False)
+            with torch.enable_grad():
+                loss = closure()
+            torch._foreach_copy_(params, saved)
+        else:
+            with torch.enable_grad():
+                loss = closure()
+        self.base.step()
+        return loss
+
+
+class ScalingOptimizer(WrappedOptimizer):
+    """Base step plus explicit core scaling G_k <- G_k + lambda_k G_k^(t) (Eq. 7-8).
+
+    lambda is often ~1e-7, below float32's resolution relative to G, so ``G *= 1 + lambda`` would
+    round to a no-op (or to a whole ulp). The increment lambda_k G_k is therefore added with
+    compensated (Kahan) summation: the rounding error of each addition is kept in a per-core
+    buffer and carried into the next step, so the scaling accumulates as in exact arithmetic.
+    """
+
+    def __init__(self, base, groups=None, compensated: bool = True, **defaults):
+        super().__init__(base, defaults)
+        self.index = CoreIndex(as_core_groups(groups))
+        trainable = {id(p) for p in self.params}
+        missing = [g.name for g in self.index.groups if any(id(c) not in trainable for c in g.cores)]
+        if missing:
+            raise ValueError(f"cores of {missing} are not among the base optimizer's parameters")
+        group_of = {id(p): i for i, g in enumerate(self.param_groups) for p in g["params"]}
+        self._core_param_group = torch.tensor([group_of[id(c)] for c in self.index.cores])
+        self.compensated = compensated
+        self.steps = 0
+
+    def learning_rates(self) -> torch.Tensor:
+        """The *current* step size eta^(t) of every core (schedulers change it in place)."""
+        lrs = torch.tensor([float(g["lr"]) for g in self.param_groups])
+        return lrs[self._core_param_group]
+
+    def scale_factors(self) -> torch.Tensor:
+        """lambda_k for every core of ``self.index`` (one entry per core)."""
+        raise NotImplementedError
+
+    def _residuals(self) -> list[torch.Tensor]:
+        cores = self.index.cores
+        if "residual" not in self.state[cores[0]]:
+            for c in cores:
+                self.state[c]["residual"] = torch.zeros_like(c)
+        return [self.state[c]["residual"] for c in cores]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        increments = None
+        if len(self.index):
+            lam = self.scale_factors()
+            increments = torch._foreach_mul(self.index.cores, list(lam.to(self.index.cores[0]).unbind()))
+        self.base.step()
+        if increments is not None:
+            self._add(self.index.cores, increments)
+        self.steps += 1
+        return loss
+
+    def _add(self, cores: list[torch.Tensor], increments: list[torch.Tensor]) -> None:
+        if not self.compensated:
+            torch._foreach_add_(cores, increments)
+            return
+        residual = self._residuals()
+        torch._foreach_add_(increments, residual)  # y = increment + carried error
+        before = [c.clone() for c in cores]
+        torch._foreach_add_(cores, increments)  # t = G + y (rounded)
+        torch._foreach_sub_(before, cores)  # G - t
+        torch._foreach_add_(before, increments)  # (G - t) + y = lost low-order part
+        torch._foreach_copy_(residual, before)

@@ -1,0 +1,50 @@
+"""Deviation-Aware Scaling (Algorithm 2)."""
+
+from __future__ import annotations
+
+import torch
+
+from tensam.optim.base import ScalingOptimizer
+from tensam.optim.schedules import check_schedule, scheduled
+
+NORMALIZATIONS = ("layer", "global")
+
+
+class DAS(ScalingOptimizer):
+    """DAS over any base optimizer: G_k <- (1 + lambda_k) G_k - eta * base_update(g_k).
+
+    Algorithm 2, line 5, per core k of layer l::
+
+        lambda_k = eta * alpha * u / ||G_k||^2 * (||g_k||^2 - gbar_l),
+        gbar_l = (1/K_l) sum_i ||g_i||^2,
+
+    with ``normalization="layer"``: u_l = (K_l gbar_l)^(-1/2) (Algorithm 2), or
+    ``normalization="global"``: u_D = (sum_l sum_k ||g_{k,l}||^2)^(-1/2) (Theorem 5).
+    eta is each core's *current* learning rate; alpha follows ``alpha_schedule``.
+    A core with ||G_k||^2 <= ``eps`` (e.g. a zero-initialised LoRA factor) gets lambda_k = 0:
+    scaling cannot move it and 1/||G_k||^2 would be infinite.
+    """
+
+    def __init__(self, base, groups, alpha: float = 0.001, normalization: str = "layer",
+                 alpha_schedule: str = "constant", total_steps: int | None = None,
+                 eps: float = 1e-12, compensated: bool = True):
+        if alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization={normalization!r} is not one of {list(NORMALIZATIONS)}")
+        check_schedule(alpha_schedule, total_steps)
+        super().__init__(base, groups, compensated=compensated)
+        self.alpha, self.normalization, self.eps = alpha, normalization, eps
+        self.alpha_schedule, self.total_steps = alpha_schedule, total_steps
+
+    def scale_factors(self) -> torch.Tensor:
+        idx = self.index
+        sq_core, sq_grad = idx.core_sq_norms(), idx.grad_sq_norms()
+        layer_total = idx.layer_sum(sq_grad)  # K_l * gbar_l
+        gbar = (layer_total / idx.K)[idx.layer]
+        total = layer_total[idx.layer] if self.normalization == "layer" else sq_grad.sum()
+        u = torch.where(total > 0, total.clamp_min(torch.finfo(total.dtype).tiny).rsqrt(), 0.0)
+        alpha = scheduled(self.alpha, self.alpha_schedule, self.steps, self.total_steps)
+        eta = self.learning_rates().to(sq_core)
+        lam = eta * alpha * u * (sq_grad - gbar) / sq_core.clamp_min(self.eps)
+        return torch.where(sq_core > self.eps, lam, 0.0)

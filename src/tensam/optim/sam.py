@@ -1,0 +1,42 @@
+"""Sharpness-Aware Minimization (Algorithm 1) and its adaptive variant ASAM (Kwon et al., 2021)."""
+
+from __future__ import annotations
+
+import torch
+
+from tensam.optim.base import TwoPassOptimizer
+
+
+def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """sqrt(sum_j ||t_j||_F^2) over all tensors, with one ``_foreach_norm``."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
+
+
+class SAM(TwoPassOptimizer):
+    """SAM over any base optimizer.
+
+    Algorithm 1, line 5: e_k = rho * g_k / sqrt(sum_j ||g_j||^2), the norm taken over all perturbed
+    parameters. With ``adaptive=True`` (ASAM): e = rho * T^2 g / ||T g|| with T = |w| + eta,
+    elementwise.
+    """
+
+    def __init__(self, base, rho: float = 0.05, adaptive: bool = False, eta: float = 0.01,
+                 params_to_perturb=None):
+        if not rho > 0:
+            raise ValueError(f"rho must be > 0, got {rho}")
+        if adaptive and eta < 0:
+            raise ValueError(f"eta must be >= 0 for adaptive SAM, got {eta}")
+        super().__init__(base, params_to_perturb, rho=rho)
+        self.adaptive, self.eta = adaptive, eta
+
+    def perturbation(self, params, grads):
+        rho = self.param_groups[0]["rho"]
+        if not self.adaptive:
+            return torch._foreach_mul(grads, rho / (global_norm(grads) + 1e-12))
+        scale = torch._foreach_abs(params)
+        torch._foreach_add_(scale, self.eta)
+        tg = torch._foreach_mul(grads, scale)
+        torch._foreach_mul_(tg, scale)  # T^2 g
+        norm = global_norm(torch._foreach_mul(grads, scale))  # ||T g||
+        torch._foreach_mul_(tg, rho / (norm + 1e-12))
+        return tg

@@ -1,0 +1,5 @@
+"""Tensorized modules; each implements the cores protocol of :mod:`tensam.cores`."""
+
+from tensam.tensorized.tucker import Tucker
+
+__all__ = ["Tucker"]

@@ -1,0 +1,93 @@
+"""The shared training loop: any task x any model x any optimizer, with resumable checkpoints."""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tensam.cores import core_groups
+from tensam.logging import RunLogger, atomic_write_text
+from tensam.metrics.norm_dynamics import norm_dynamics
+from tensam.norms import CoreIndex
+from tensam.optim import TwoPassOptimizer
+from tensam.tasks.base import Task
+
+
+@dataclass
+class LoopConfig:
+    steps: int
+    log_every: int = 100
+    eval_every: int = 0  # 0: only at the end
+    checkpoint_every: int = 0  # 0: no checkpoints
+
+
+def _save_checkpoint(path: Path, model, optimizer, step: int) -> None:
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "rng": torch.get_rng_state()}, buf)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(path)
+
+
+def _load_checkpoint(path: Path, model, optimizer) -> int:
+    if not path.exists():
+        return 0
+    state = torch.load(path, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def train_step(task: Task, model, optimizer, batch) -> torch.Tensor:
+    """One step. Two-pass methods get a closure that re-runs forward/backward at w + e."""
+
+    def closure():
+        loss = task.loss(model, batch)
+        loss.backward()
+        return loss
+
+    optimizer.zero_grad(set_to_none=True)
+    loss = closure()
+    return loss, closure
+
+
+def train(task: Task, model, optimizer, loop: LoopConfig, run_dir: Path, logger: RunLogger,
+          scheduler=None, start_step: int = 0) -> dict:
+    """Train for ``loop.steps`` steps; log loss, metrics and norm dynamics; return the summary."""
+    index = CoreIndex(core_groups(model))
+    ckpt = Path(run_dir) / "checkpoint.pt"
+    two_pass = isinstance(optimizer, TwoPassOptimizer)
+    started = time.perf_counter()
+    step = start_step
+    for step in range(start_step, loop.steps):
+        loss, closure = train_step(task, model, optimizer, task.batch(step))
+        record = None
+        if loop.log_every and step % loop.log_every == 0:
+            record = {"train/loss": loss.item(), **norm_dynamics(index)}
+        optimizer.step(closure) if two_pass else optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if loop.eval_every and (step + 1) % loop.eval_every == 0:
+            record = {**(record or {}), **{f"eval/{k}": v for k, v in task.evaluate(model).items()}}
+        if record is not None:
+            logger.log(record, step)
+        if loop.checkpoint_every and (step + 1) % loop.checkpoint_every == 0:
+            _save_checkpoint(ckpt, model, optimizer, step + 1)
+    elapsed = time.perf_counter() - started
+    final = task.evaluate(model)
+    with torch.no_grad():
+        final_loss = task.loss(model, task.batch(loop.steps)).item()
+    summary = {**final, "train/loss": final_loss, **norm_dynamics(index),
+               "steps": loop.steps, "seconds": elapsed,
+               "seconds_per_step": elapsed / max(loop.steps - start_step, 1)}
+    logger.log({f"eval/{k}": v for k, v in final.items()}, loop.steps)
+    return summary
+
+
+__all__ = ["LoopConfig", "train", "train_step", "_load_checkpoint", "atomic_write_text"]
