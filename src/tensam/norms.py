@@ -34,9 +34,10 @@ class CoreIndex:
         self.names = [g.name for g in self.groups]
         self.K = torch.tensor([g.K for g in self.groups], dtype=torch.float32)
         self.layer = torch.repeat_interleave(torch.arange(len(self.groups)), self.K.long())
+        self.inv_K = (1.0 / self.K)[self.layer]  # 1/K_l for the layer of each core
         if self.cores:
             device = self.cores[0].device
-            self.K, self.layer = self.K.to(device), self.layer.to(device)
+            self.K, self.layer, self.inv_K = (t.to(device) for t in (self.K, self.layer, self.inv_K))
 
     def __len__(self) -> int:
         return len(self.cores)
@@ -55,11 +56,21 @@ class CoreIndex:
         """(1/K_l) sum_{k in layer l} x_k, broadcast back to one entry per core."""
         return (self.layer_sum(x) / self.K.to(x.dtype))[self.layer]
 
+    def grads(self) -> list[torch.Tensor]:
+        """g_k for every core (zeros where a core has no gradient)."""
+        return [c.grad if c.grad is not None else torch.zeros_like(c) for c in self.cores]
+
+    @torch.no_grad()
     def core_sq_norms(self) -> torch.Tensor:
         """||G_k||_F^2 for every core."""
-        return squared_norms([c.detach() for c in self.cores])
+        return squared_norms(self.cores)
 
     def grad_sq_norms(self) -> torch.Tensor:
         """||g_k||_F^2 for every core (0 where a core has no gradient)."""
-        grads = [c.grad if c.grad is not None else torch.zeros_like(c) for c in self.cores]
-        return squared_norms(grads)
+        return squared_norms(self.grads())
+
+    @torch.no_grad()
+    def sq_norms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(||G_k||_F^2, ||g_k||_F^2) for every core from a single ``_foreach_norm`` call."""
+        both = squared_norms(self.cores + self.grads())
+        return both[: len(self)], both[len(self):]

@@ -44,6 +44,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     loop = LoopConfig(steps=int(cfg.steps), log_every=int(cfg.log_every),
                       eval_every=int(cfg.eval_every), checkpoint_every=int(cfg.checkpoint_every))
     summary = train(task, model, optimizer, loop, run_dir, logger, start_step=start)
+    summary["primary_metric"] = task.primary_metric
     summary["baselines"] = task.baselines() if cfg.get("baselines") else {}
     summary["config"] = container
     logger.finish(summary)
@@ -58,7 +59,11 @@ def _hydra_main(cfg: DictConfig) -> float:
     except ValueError as err:  # configuration errors: one clear line, no traceback
         print(f"tensam: configuration error: {err}", file=sys.stderr)
         sys.exit(2)
-    metric = cfg.get("objective") or "train/loss"
+    metric = cfg.get("objective") or summary["primary_metric"]
+    if metric not in summary:
+        print(f"tensam: objective={metric!r} is not a summary key; allowed: "
+              f"{sorted(k for k, v in summary.items() if isinstance(v, float))}", file=sys.stderr)
+        sys.exit(2)
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}))
     return float(summary[metric])
 

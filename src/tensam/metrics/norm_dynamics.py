@@ -39,6 +39,7 @@ def layer_covariance(index: CoreIndex, x: torch.Tensor, y: torch.Tensor) -> torc
     return index.layer_sum(centred) / index.K.to(x.dtype)
 
 
+@torch.no_grad()
 def norm_dynamics(index: CoreIndex) -> dict[str, float]:
     """Per-layer Q_l and Cov_l(||G||^2, ||g||^2), plus aggregates over layers.
 
@@ -48,7 +49,7 @@ def norm_dynamics(index: CoreIndex) -> dict[str, float]:
     """
     if len(index) == 0:
         return {}
-    sq_core, sq_grad = index.core_sq_norms(), index.grad_sq_norms()
+    sq_core, sq_grad = index.sq_norms()
     q = layer_norm_deviation(index, sq_core)
     cov = layer_covariance(index, sq_core, sq_grad)
     total = sq_grad.sum()

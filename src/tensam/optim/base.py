@@ -36,6 +36,8 @@ class WrappedOptimizer(torch.optim.Optimizer):
             for key, value in (defaults or {}).items():
                 group.setdefault(key, value)
 
+        self.steps = 0  # completed steps t, for coefficient schedules (saved in state_dict)
+
     @property
     def params(self) -> list[torch.Tensor]:
         return [p for g in self.param_groups for p in g["params"]]
@@ -44,12 +46,14 @@ class WrappedOptimizer(torch.optim.Optimizer):
         self.base.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict:
-        return {"base": self.base.state_dict(), "wrapper": super().state_dict()}
+        return {"base": self.base.state_dict(), "wrapper": super().state_dict(),
+                "steps": self.steps}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.base.load_state_dict(state_dict["base"])
         super().load_state_dict(state_dict["wrapper"])
         self.param_groups = self.base.param_groups
+        self.steps = int(state_dict.get("steps", 0))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base={type(self.base).__name__})"
@@ -93,6 +97,7 @@ class TwoPassOptimizer(WrappedOptimizer):
             with torch.enable_grad():
                 loss = closure()
         self.base.step()
+        self.steps += 1
         return loss
 
 
@@ -100,37 +105,42 @@ class ScalingOptimizer(WrappedOptimizer):
     """Base step plus explicit core scaling G_k <- G_k + lambda_k G_k^(t) (Eq. 7-8).
 
     lambda is often ~1e-7, below float32's resolution relative to G, so ``G *= 1 + lambda`` would
-    round to a no-op (or to a whole ulp). The increment lambda_k G_k is therefore added with
-    compensated (Kahan) summation: the rounding error of each addition is kept in a per-core
-    buffer and carried into the next step, so the scaling accumulates as in exact arithmetic.
+    round to a no-op (or to a whole ulp). With ``compensated=True`` the increment lambda_k G_k is
+    added with compensated (Kahan) summation: the rounding error of each addition is kept in a
+    per-core buffer and carried into the next step, so the scaling accumulates as in exact
+    arithmetic. The increment uses G^(t), the cores before the base step (Eq. 7).
     """
 
     def __init__(self, base, groups=None, compensated: bool = True, **defaults):
         super().__init__(base, defaults)
         self.index = CoreIndex(as_core_groups(groups))
-        trainable = {id(p) for p in self.params}
-        missing = [g.name for g in self.index.groups if any(id(c) not in trainable for c in g.cores)]
+        group_of = {id(p): i for i, g in enumerate(self.param_groups) for p in g["params"]}
+        missing = [g.name for g in self.index.groups if any(id(c) not in group_of for c in g.cores)]
         if missing:
             raise ValueError(f"cores of {missing} are not among the base optimizer's parameters")
-        group_of = {id(p): i for i, g in enumerate(self.param_groups) for p in g["params"]}
         self._core_param_group = torch.tensor([group_of[id(c)] for c in self.index.cores])
+        self._lr_cache: tuple[tuple, torch.Tensor] | None = None
         self.compensated = compensated
-        self.steps = 0
 
     def learning_rates(self) -> torch.Tensor:
         """The *current* step size eta^(t) of every core (schedulers change it in place)."""
-        lrs = torch.tensor([float(g["lr"]) for g in self.param_groups])
-        return lrs[self._core_param_group]
+        lrs = tuple(float(g["lr"]) for g in self.param_groups)
+        if self._lr_cache is None or self._lr_cache[0] != lrs:
+            eta = torch.tensor(lrs, dtype=torch.float32)[self._core_param_group]
+            self._lr_cache = (lrs, eta.to(self.index.K.device))
+        return self._lr_cache[1]
 
     def scale_factors(self) -> torch.Tensor:
         """lambda_k for every core of ``self.index`` (one entry per core)."""
         raise NotImplementedError
 
     def _residuals(self) -> list[torch.Tensor]:
+        """The carried rounding errors (optimizer state, so they survive a checkpoint)."""
         cores = self.index.cores
         if "residual" not in self.state[cores[0]]:
             for c in cores:
                 self.state[c]["residual"] = torch.zeros_like(c)
+            self._scratch = [torch.empty_like(c) for c in cores]
         return [self.state[c]["residual"] for c in cores]
 
     @torch.no_grad()
@@ -139,24 +149,23 @@ class ScalingOptimizer(WrappedOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        increments = None
-        if len(self.index):
-            lam = self.scale_factors()
-            increments = torch._foreach_mul(self.index.cores, list(lam.to(self.index.cores[0]).unbind()))
-        self.base.step()
-        if increments is not None:
-            self._add(self.index.cores, increments)
+        if not len(self.index):
+            self.base.step()
+            self.steps += 1
+            return loss
+        cores = self.index.cores
+        lam = list(self.scale_factors().to(cores[0].dtype).unbind())
+        if not self.compensated:
+            increments = torch._foreach_mul(cores, lam)
+            self.base.step()
+            torch._foreach_add_(cores, increments)
+        else:
+            residual, previous = self._residuals(), self._scratch
+            torch._foreach_addcmul_(residual, cores, lam)  # y = lambda G^(t) + carried error
+            self.base.step()
+            torch._foreach_copy_(previous, cores)
+            torch._foreach_add_(cores, residual)  # G + y, rounded
+            torch._foreach_sub_(previous, cores)  # -(what was actually added)
+            torch._foreach_add_(residual, previous)  # y - added: the part lost to rounding
         self.steps += 1
         return loss
-
-    def _add(self, cores: list[torch.Tensor], increments: list[torch.Tensor]) -> None:
-        if not self.compensated:
-            torch._foreach_add_(cores, increments)
-            return
-        residual = self._residuals()
-        torch._foreach_add_(increments, residual)  # y = increment + carried error
-        before = [c.clone() for c in cores]
-        torch._foreach_add_(cores, increments)  # t = G + y (rounded)
-        torch._foreach_sub_(before, cores)  # G - t
-        torch._foreach_add_(before, increments)  # (G - t) + y = lost low-order part
-        torch._foreach_copy_(residual, before)

@@ -39,12 +39,12 @@ class DAS(ScalingOptimizer):
 
     def scale_factors(self) -> torch.Tensor:
         idx = self.index
-        sq_core, sq_grad = idx.core_sq_norms(), idx.grad_sq_norms()
-        layer_total = idx.layer_sum(sq_grad)  # K_l * gbar_l
-        gbar = (layer_total / idx.K)[idx.layer]
-        total = layer_total[idx.layer] if self.normalization == "layer" else sq_grad.sum()
-        u = torch.where(total > 0, total.clamp_min(torch.finfo(total.dtype).tiny).rsqrt(), 0.0)
+        sq_core, sq_grad = idx.sq_norms()
+        layer_total = idx.layer_sum(sq_grad)[idx.layer]  # K_l * gbar_l, per core
+        gbar = layer_total * idx.inv_K
+        total = layer_total if self.normalization == "layer" else sq_grad.sum()  # u^(-2)
         alpha = scheduled(self.alpha, self.alpha_schedule, self.steps, self.total_steps)
-        eta = self.learning_rates().to(sq_core)
-        lam = eta * alpha * u * (sq_grad - gbar) / sq_core.clamp_min(self.eps)
+        denom = (total.sqrt() * sq_core).clamp_min(torch.finfo(sq_core.dtype).tiny)
+        lam = (self.learning_rates() * alpha) * (sq_grad - gbar) / denom
+        # a core with ||G_k||^2 <= eps is not scaled; no gradient at all gives 0/tiny = 0
         return torch.where(sq_core > self.eps, lam, 0.0)
