@@ -37,7 +37,8 @@ class CoreIndex:
         self.inv_K = (1.0 / self.K)[self.layer]  # 1/K_l for the layer of each core
         if self.cores:
             device = self.cores[0].device
-            self.K, self.layer, self.inv_K = (t.to(device) for t in (self.K, self.layer, self.inv_K))
+            self.K, self.layer = self.K.to(device), self.layer.to(device)
+            self.inv_K = self.inv_K.to(device)
 
     def __len__(self) -> int:
         return len(self.cores)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from tensam.logging import RunLogger
 from tensam.optim import build_optimizer
 from tensam.tasks import build_task
-from tensam.training import LoopConfig, _load_checkpoint, train
+from tensam.training import LoopConfig, load_checkpoint, train
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 
@@ -30,19 +30,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={name!r} is not one of ['auto', 'cpu', 'cuda', 'cuda:N', 'mps']")
+    return torch.device(name)
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """One training run described by a composed config; returns (and writes) its summary."""
     container = OmegaConf.to_container(cfg, resolve=True)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     seed_everything(int(cfg.seed))
-    task = build_task(container["task"], container["model"])
-    model = task.build_model()
-    optimizer = build_optimizer(container["optimizer"], model, total_steps=int(cfg.steps))
-    start = _load_checkpoint(run_dir / "checkpoint.pt", model, optimizer)
-    logger = RunLogger(run_dir, container, container["logger"].get("wandb"), resume_step=start)
     loop = LoopConfig(steps=int(cfg.steps), log_every=int(cfg.log_every),
-                      eval_every=int(cfg.eval_every), checkpoint_every=int(cfg.checkpoint_every))
+                      eval_every=int(cfg.eval_every), checkpoint_every=int(cfg.checkpoint_every),
+                      precision=str(cfg.precision))
+    device = resolve_device(str(cfg.device))
+    task = build_task(container["task"], container["model"]).to(device)
+    model = task.build_model().to(device)
+    optimizer = build_optimizer(container["optimizer"], model, total_steps=int(cfg.steps))
+    start = load_checkpoint(run_dir / "checkpoint.pt", model, optimizer)
+    logger = RunLogger(run_dir, container, container["logger"].get("wandb"), resume_step=start)
     summary = train(task, model, optimizer, loop, run_dir, logger, start_step=start)
     summary["primary_metric"] = task.primary_metric
     summary["baselines"] = task.baselines() if cfg.get("baselines") else {}

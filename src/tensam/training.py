@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from tensam.cores import core_groups
-from tensam.logging import RunLogger, atomic_write_text
+from tensam.logging import RunLogger
 from tensam.metrics.norm_dynamics import norm_dynamics
 from tensam.norms import CoreIndex
 from tensam.optim import TwoPassOptimizer
@@ -23,9 +24,18 @@ class LoopConfig:
     log_every: int = 100
     eval_every: int = 0  # 0: only at the end
     checkpoint_every: int = 0  # 0: no checkpoints
+    precision: str = "fp32"  # fp32 | bf16 (autocast; parameters and optimizer stay fp32)
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r} is not one of {list(PRECISIONS)} "
+                             "(fp16 needs loss scaling, which two-pass methods do not support)")
 
 
-def _save_checkpoint(path: Path, model, optimizer, step: int) -> None:
+PRECISIONS = ("fp32", "bf16")
+
+
+def save_checkpoint(path: Path, model, optimizer, step: int) -> None:
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                 "rng": torch.get_rng_state()}, buf)
@@ -34,7 +44,7 @@ def _save_checkpoint(path: Path, model, optimizer, step: int) -> None:
     tmp.replace(path)
 
 
-def _load_checkpoint(path: Path, model, optimizer) -> int:
+def load_checkpoint(path: Path, model, optimizer) -> int:
     if not path.exists():
         return 0
     state = torch.load(path, weights_only=False)
@@ -44,11 +54,16 @@ def _load_checkpoint(path: Path, model, optimizer) -> int:
     return int(state["step"])
 
 
-def train_step(task: Task, model, optimizer, batch) -> torch.Tensor:
-    """One step. Two-pass methods get a closure that re-runs forward/backward at w + e."""
+def train_step(task: Task, model, optimizer, batch, precision: str = "fp32"):
+    """Forward and backward at w; returns the loss and the closure that two-pass methods call to
+    re-run forward/backward at w + e."""
+    device = next(model.parameters()).device.type
+    autocast = (torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16"
+                else nullcontext())
 
     def closure():
-        loss = task.loss(model, batch)
+        with autocast:
+            loss = task.loss(model, batch)
         loss.backward()
         return loss
 
@@ -66,7 +81,7 @@ def train(task: Task, model, optimizer, loop: LoopConfig, run_dir: Path, logger:
     started = time.perf_counter()
     step = start_step
     for step in range(start_step, loop.steps):
-        loss, closure = train_step(task, model, optimizer, task.batch(step))
+        loss, closure = train_step(task, model, optimizer, task.batch(step), loop.precision)
         record = None
         if loop.log_every and step % loop.log_every == 0:
             record = {"train/loss": loss.item(), **norm_dynamics(index)}
@@ -78,16 +93,16 @@ def train(task: Task, model, optimizer, loop: LoopConfig, run_dir: Path, logger:
         if record is not None:
             logger.log(record, step)
         if loop.checkpoint_every and (step + 1) % loop.checkpoint_every == 0:
-            _save_checkpoint(ckpt, model, optimizer, step + 1)
+            save_checkpoint(ckpt, model, optimizer, step + 1)
     elapsed = time.perf_counter() - started
     final = task.evaluate(model)
     with torch.no_grad():
         final_loss = task.loss(model, task.batch(loop.steps)).item()
-    summary = {**final, "train/loss": final_loss, **norm_dynamics(index),
-               "steps": loop.steps, "seconds": elapsed,
-               "seconds_per_step": elapsed / max(loop.steps - start_step, 1)}
+    q_final = {k: v for k, v in norm_dynamics(index).items() if k.endswith("Q")}
+    summary = {**final, "train/loss": final_loss, **q_final, "steps": loop.steps,
+               "seconds": elapsed, "seconds_per_step": elapsed / max(loop.steps - start_step, 1)}
     logger.log({f"eval/{k}": v for k, v in final.items()}, loop.steps)
     return summary
 
 
-__all__ = ["LoopConfig", "train", "train_step", "_load_checkpoint", "atomic_write_text"]
+__all__ = ["LoopConfig", "load_checkpoint", "save_checkpoint", "train", "train_step"]

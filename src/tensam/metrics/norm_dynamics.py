@@ -56,7 +56,7 @@ def norm_dynamics(index: CoreIndex) -> dict[str, float]:
     u_global = total.rsqrt() if total > 0 else torch.zeros_like(total)
     drift = 4 * u_global * (index.K.to(cov.dtype) * cov).sum()
     out = {"norm/Q": q.sum().item(), "norm/cov": cov.mean().item(), "norm/sam_drift": drift.item()}
-    for name, q_l, c_l in zip(index.names, q.tolist(), cov.tolist()):
+    for name, q_l, c_l in zip(index.names, q.tolist(), cov.tolist(), strict=False):
         out[f"norm/{name}/Q"] = q_l
         out[f"norm/{name}/cov"] = c_l
     return out

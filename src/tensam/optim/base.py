@@ -15,7 +15,7 @@ schedulers, gradient clipping and checkpointing work on the wrapper as on any op
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 

@@ -31,7 +31,8 @@ class DAS(ScalingOptimizer):
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         if normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization={normalization!r} is not one of {list(NORMALIZATIONS)}")
+            raise ValueError(f"normalization={normalization!r} is not one of "
+                             f"{list(NORMALIZATIONS)}")
         check_schedule(alpha_schedule, total_steps)
         super().__init__(base, groups, compensated=compensated)
         self.alpha, self.normalization, self.eps = alpha, normalization, eps

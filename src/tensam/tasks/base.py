@@ -21,6 +21,10 @@ class Task(ABC):
     @abstractmethod
     def build_model(self) -> nn.Module: ...
 
+    def to(self, device: torch.device) -> Task:
+        """Move the task's tensors (data, masks) to ``device``; returns the task."""
+        return self
+
     @abstractmethod
     def batch(self, step: int) -> Any:
         """The training batch for ``step`` (deterministic given the task's seed and the step)."""

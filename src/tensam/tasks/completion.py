@@ -82,6 +82,11 @@ class TuckerCompletion(Task):
         self.mask = torch.tensor(self.mask_np)
         self.weight = self.mask.float() / (self.mask.sum() if loss == "mean" else 1)
 
+    def to(self, device: torch.device) -> TuckerCompletion:
+        self.target, self.mask, self.weight = (t.to(device) for t in
+                                               (self.target, self.mask, self.weight))
+        return self
+
     def build_model(self) -> nn.Module:
         return Tucker(self.data.shape, self.rank, init=self.init, seed=self.seed,
                       std=self.init_std)

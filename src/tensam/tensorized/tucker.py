@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ INITS = ("uniform", "normal")
 
 def mode_product(t: torch.Tensor, matrix: torch.Tensor, mode: int) -> torch.Tensor:
     """t x_mode matrix: contract ``t``'s axis ``mode`` with the columns of ``matrix``."""
-    return torch.movedim(torch.tensordot(t, matrix, dims=([mode], [1])), -1, mode)
+    return torch.movedim(torch.tensordot(t, matrix.to(t.dtype), dims=([mode], [1])), -1, mode)
 
 
 def tucker_to_tensor(core: torch.Tensor, factors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -44,7 +44,7 @@ class Tucker(nn.Module):
         if len(rank) != len(shape):
             raise ValueError(f"model.rank={list(rank)} has {len(rank)} entries but the tensor has "
                              f"order {len(shape)}; give one rank per mode")
-        if any(not 1 <= r <= s for r, s in zip(rank, shape)):
+        if any(not 1 <= r <= s for r, s in zip(rank, shape, strict=False)):
             raise ValueError(f"model.rank={list(rank)} must satisfy 1 <= rank[i] <= shape[i]="
                              f"{list(shape)}")
         if init not in INITS:
@@ -52,7 +52,7 @@ class Tucker(nn.Module):
         self.shape, self.rank = shape, rank
         if init == "uniform":
             rns = np.random.RandomState(seed)
-            factors = [rns.random_sample((s, r)) for s, r in zip(shape, rank)]
+            factors = [rns.random_sample((s, r)) for s, r in zip(shape, rank, strict=False)]
             core = rns.random_sample(rank)
             to = lambda a: torch.tensor(a, dtype=dtype)  # noqa: E731
             core, factors = to(core), [to(f) for f in factors]
@@ -60,7 +60,7 @@ class Tucker(nn.Module):
             gen = torch.Generator().manual_seed(seed)
             core = torch.randn(rank, generator=gen, dtype=dtype) * std
             factors = [torch.randn(s, r, generator=gen, dtype=dtype) * std
-                       for s, r in zip(shape, rank)]
+                       for s, r in zip(shape, rank, strict=False)]
         self.core = nn.Parameter(core)
         self.factors = nn.ParameterList(nn.Parameter(f) for f in factors)
 

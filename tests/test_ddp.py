@@ -1,0 +1,88 @@
+"""SAM and DAS under DistributedDataParallel equal single-process training on the full batch.
+
+Two CPU processes (gloo) each see half of the batch; DDP averages the gradients of *both*
+backward passes of SAM, so every rank perturbs with the global gradient and all ranks stay in
+sync. DAS reads the already averaged gradients.
+"""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn import functional as F
+
+from tensam.optim import TwoPassOptimizer, build_optimizer
+from tensam.tensorized import Tucker
+
+STEPS = 5
+OPTIMIZERS = {
+    "sam": {"method": "sam", "rho": 0.05, "base": {"name": "sgd", "lr": 0.1, "momentum": 0.9}},
+    "das": {"method": "das", "alpha": 0.5, "base": {"name": "adam", "lr": 0.01}},
+}
+
+
+class FactorizedMLP(nn.Module):
+    """x -> relu(W x) -> head, with W = A G B^T a Tucker-2 core group (K = 3)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = Tucker((8, 6), (3, 3), init="normal", std=0.5, seed=0, dtype=torch.float64)
+        self.head = nn.Linear(8, 1, dtype=torch.float64)
+
+    def forward(self, x):
+        return self.head(F.relu(F.linear(x, self.weight())))
+
+
+def _data():
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(16, 6, generator=gen, dtype=torch.float64), torch.randn(16, 1, generator=gen,
+                                                                               dtype=torch.float64)
+
+
+def _train(model, cfg, x, y):
+    torch.manual_seed(0)
+    optimizer = build_optimizer(cfg, model, total_steps=STEPS)
+    for _ in range(STEPS):
+        def closure():
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+
+        optimizer.zero_grad()
+        closure()
+        optimizer.step(closure) if isinstance(optimizer, TwoPassOptimizer) else optimizer.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _worker(rank, world, port, name, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = nn.parallel.DistributedDataParallel(FactorizedMLP())
+    x, y = _data()
+    shard = slice(rank * 8, (rank + 1) * 8)
+    params = _train(model, OPTIMIZERS[name], x[shard], y[shard])
+    out[rank] = params
+    dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_ddp_matches_single_process(name):
+    torch.manual_seed(0)
+    x, y = _data()
+    reference = _train(FactorizedMLP(), OPTIMIZERS[name], x, y)
+    out = mp.Manager().dict()
+    mp.spawn(_worker, args=(2, _free_port(), name, out), nprocs=2, join=True)
+    for rank in range(2):
+        for p, q in zip(out[rank], reference, strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
