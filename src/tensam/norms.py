@@ -34,7 +34,7 @@ class CoreIndex:
         self.names = [g.name for g in self.groups]
         self.K = torch.tensor([g.K for g in self.groups], dtype=torch.float32)
         self.layer = torch.repeat_interleave(torch.arange(len(self.groups)), self.K.long())
-        self.inv_K = (1.0 / self.K)[self.layer]  # 1/K_l for the layer of each core
+        self.inv_K = (1.0 / self.K.double())[self.layer]  # 1/K_l for the layer of each core
         if self.cores:
             device = self.cores[0].device
             self.K, self.layer = self.K.to(device), self.layer.to(device)

@@ -1,11 +1,13 @@
-"""Optimizers: every method wraps a base ``torch.optim`` optimizer (see :mod:`tensam.optim.base`)."""
+"""Optimizers: every method wraps a base ``torch.optim`` optimizer (:mod:`tensam.optim.base`)."""
 
+from tensam.optim.bar import BAR, NBAR, OBAR
 from tensam.optim.base import ScalingOptimizer, TwoPassOptimizer, WrappedOptimizer
 from tensam.optim.das import DAS
 from tensam.optim.factory import BASES, METHODS, build_optimizer
+from tensam.optim.nusam import NuSAM
 from tensam.optim.sam import SAM
 
 __all__ = [
-    "BASES", "DAS", "METHODS", "SAM", "ScalingOptimizer", "TwoPassOptimizer",
-    "WrappedOptimizer", "build_optimizer",
+    "BAR", "BASES", "DAS", "METHODS", "NBAR", "NuSAM", "OBAR", "SAM", "ScalingOptimizer",
+    "TwoPassOptimizer", "WrappedOptimizer", "build_optimizer",
 ]

@@ -64,7 +64,9 @@ class TwoPassOptimizer(WrappedOptimizer):
 
     ``step(closure)`` expects the first gradient g (at w) to be on ``.grad`` already, as after a
     normal ``loss.backward()``; ``closure`` must recompute the loss *and call backward* at the
-    perturbed point. The restore copies the saved w back, so it is exact (not w + e - e).
+    perturbed point. By default :meth:`perturb_` keeps a copy of w and :meth:`restore_` copies it
+    back, so the restore is exact (not w + e - e); a method with a cheaper, structured e (nuSAM)
+    overrides the pair.
     """
 
     def __init__(self, base, params_to_perturb: Iterable[torch.Tensor] | None = None, **defaults):
@@ -79,23 +81,27 @@ class TwoPassOptimizer(WrappedOptimizer):
         """The ascent step e (one tensor per parameter) computed from the first gradient."""
         raise NotImplementedError
 
+    def perturb_(self, params: list[torch.Tensor], grads: list[torch.Tensor]):
+        """w <- w + e in place; returns what :meth:`restore_` needs (here: a copy of w)."""
+        saved = [p.clone() for p in params]
+        torch._foreach_add_(params, self.perturbation(params, grads))  # e is freed right away
+        return saved
+
+    def restore_(self, params: list[torch.Tensor], saved) -> None:
+        """Undo :meth:`perturb_`."""
+        torch._foreach_copy_(params, saved)
+
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None):
         if closure is None:
             raise RuntimeError(f"{type(self).__name__}.step needs a closure that re-runs backward")
         params = [p for p in self._perturbed if p.grad is not None]
+        saved = self.perturb_(params, [p.grad for p in params]) if params else None
+        self.base.zero_grad(set_to_none=False)
+        with torch.enable_grad():
+            loss = closure()
         if params:
-            grads = [p.grad for p in params]
-            e = self.perturbation(params, grads)
-            saved = [p.clone() for p in params]
-            torch._foreach_add_(params, e)
-            self.base.zero_grad(set_to_none=False)
-            with torch.enable_grad():
-                loss = closure()
-            torch._foreach_copy_(params, saved)
-        else:
-            with torch.enable_grad():
-                loss = closure()
+            self.restore_(params, saved)
         self.base.step()
         self.steps += 1
         return loss
@@ -121,12 +127,13 @@ class ScalingOptimizer(WrappedOptimizer):
         self._core_param_group = torch.tensor([group_of[id(c)] for c in self.index.cores])
         self._lr_cache: tuple[tuple, torch.Tensor] | None = None
         self.compensated = compensated
+        self._scratch = [torch.empty_like(c) for c in self.index.cores] if compensated else []
 
     def learning_rates(self) -> torch.Tensor:
         """The *current* step size eta^(t) of every core (schedulers change it in place)."""
         lrs = tuple(float(g["lr"]) for g in self.param_groups)
         if self._lr_cache is None or self._lr_cache[0] != lrs:
-            eta = torch.tensor(lrs, dtype=torch.float32)[self._core_param_group]
+            eta = torch.tensor(lrs, dtype=torch.float64)[self._core_param_group]
             self._lr_cache = (lrs, eta.to(self.index.K.device))
         return self._lr_cache[1]
 
@@ -140,7 +147,6 @@ class ScalingOptimizer(WrappedOptimizer):
         if "residual" not in self.state[cores[0]]:
             for c in cores:
                 self.state[c]["residual"] = torch.zeros_like(c)
-            self._scratch = [torch.empty_like(c) for c in cores]
         return [self.state[c]["residual"] for c in cores]
 
     @torch.no_grad()

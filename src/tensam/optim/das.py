@@ -42,7 +42,7 @@ class DAS(ScalingOptimizer):
         idx = self.index
         sq_core, sq_grad = idx.sq_norms()
         layer_total = idx.layer_sum(sq_grad)[idx.layer]  # K_l * gbar_l, per core
-        gbar = layer_total * idx.inv_K
+        gbar = layer_total * idx.inv_K.to(layer_total.dtype)
         total = layer_total if self.normalization == "layer" else sq_grad.sum()  # u^(-2)
         alpha = scheduled(self.alpha, self.alpha_schedule, self.steps, self.total_steps)
         denom = (total.sqrt() * sq_core).clamp_min(torch.finfo(sq_core.dtype).tiny)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from tensam.cores import core_groups
+from tensam.optim.bar import NBAR, OBAR
 from tensam.optim.das import DAS
+from tensam.optim.nusam import NuSAM
 from tensam.optim.sam import SAM
 
 BASES = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -20,7 +23,13 @@ METHODS: dict[str, dict[str, Any]] = {
     "sam": {"rho": 0.05, "adaptive": False, "eta": 0.01, "perturb": "all"},
     "das": {"alpha": 0.001, "normalization": "layer", "alpha_schedule": "constant",
             "eps": 1e-12, "compensated": True},
+    "nbar": {"alpha": 0.5, "alpha_schedule": "linear", "compensated": True},
+    "obar": {"alpha": 0.5, "alpha_schedule": "linear", "compensated": True},
+    "nusam": {"rho": 0.05, "power_iterations": 1, "normalized": False, "matrices": "2d",
+              "restore": "inplace", "perturb": "all"},
 }
+TWO_PASS = {"sam": SAM, "nusam": NuSAM}
+SCALING = {"das": DAS, "nbar": NBAR, "obar": OBAR}
 
 
 def _take(cfg: dict, method: str) -> dict:
@@ -29,6 +38,18 @@ def _take(cfg: dict, method: str) -> dict:
     if unknown:
         raise ValueError(f"unknown optimizer key(s) {unknown}; allowed: {sorted(known)}")
     return {k: cfg.get(k, default) for k, default in METHODS[method].items()}
+
+
+def _perturbed(perturb: str, model: nn.Module) -> list[torch.Tensor] | None:
+    """The parameters a two-pass method may perturb: all (None) or the cores of core groups."""
+    if perturb not in PERTURB:
+        raise ValueError(f"optimizer.perturb={perturb!r} is not one of {list(PERTURB)}")
+    if perturb == "all":
+        return None
+    chosen = [c for g in core_groups(model) for c in g.cores]
+    if not chosen:
+        raise ValueError("optimizer.perturb='cores' but the model has no core groups")
+    return chosen
 
 
 def build_base(cfg: Mapping, params) -> torch.optim.Optimizer:
@@ -54,14 +75,7 @@ def build_optimizer(cfg: Mapping, model: nn.Module, total_steps: int | None = No
     kw = _take(cfg, method)
     if method == "none":
         return base
-    if method == "sam":
-        perturb = kw.pop("perturb")
-        if perturb not in PERTURB:
-            raise ValueError(f"optimizer.perturb={perturb!r} is not one of {list(PERTURB)}")
-        chosen = None
-        if perturb == "cores":
-            chosen = [c for g in core_groups(model) for c in g.cores]
-            if not chosen:
-                raise ValueError("optimizer.perturb='cores' but the model has no core groups")
-        return SAM(base, params_to_perturb=chosen, **kw)
-    return DAS(base, core_groups(model), total_steps=total_steps, **kw)
+    if method in TWO_PASS:
+        chosen = _perturbed(kw.pop("perturb"), model)
+        return TWO_PASS[method](base, params_to_perturb=chosen, **kw)
+    return SCALING[method](base, core_groups(model), total_steps=total_steps, **kw)

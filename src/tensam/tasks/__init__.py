@@ -2,8 +2,9 @@
 
 from tensam.tasks.base import Task
 from tensam.tasks.completion import TuckerCompletion
+from tensam.tasks.denoise import Tucker2Denoise
 
-TASKS = {"tucker_completion": TuckerCompletion}
+TASKS = {"tucker_completion": TuckerCompletion, "tucker2_denoise": Tucker2Denoise}
 
 
 def build_task(task_cfg, model_cfg=None) -> Task:
@@ -24,4 +25,4 @@ def build_task(task_cfg, model_cfg=None) -> Task:
         raise ValueError(f"bad task/model option for {name!r}: {err}") from None
 
 
-__all__ = ["TASKS", "Task", "TuckerCompletion", "build_task"]
+__all__ = ["TASKS", "Task", "Tucker2Denoise", "TuckerCompletion", "build_task"]

@@ -1,0 +1,120 @@
+"""Tucker-2 denoising, the controlled problem of Figure 1.
+
+A Tucker-2 model Phi(G, A, B) = A G B^T (K = 3 cores, :class:`tensam.tensorized.Tucker` with a
+2-D core) is fitted to a noisy observation of a fixed low-rank target T::
+
+    f = E_N ||A G B^T - (T + a N)||_F^2,    N_ij ~ N(0, 1) i.i.d.,
+
+where ``noise`` = a sets the signal-to-noise ratio (T is scaled to unit RMS entries, so a is the
+noise-to-signal ratio per entry). ``batching`` chooses how the expectation is sampled:
+
+* ``full``: one fixed draw N_0; every step sees the same Y = T + a N_0 (deterministic GD).
+* ``fresh``: a new draw N_t at every step, Y_t = T + a N_t (the stochastic gradient of f, as in
+  BAR's Figure 1 that the paper's Figure 1 follows).
+* ``entries``: ``batch_size`` entries of the fixed Y sampled uniformly (with replacement) at
+  every step; the loss numel/b * sum over them is an unbiased estimate of ||Phi - Y||_F^2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from tensam.tasks.base import Task
+from tensam.tensorized import Tucker
+
+BATCHINGS = ("full", "fresh", "entries")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def keyed_generator(seed: int, key: int) -> torch.Generator:
+    """A torch generator that depends only on (seed, key), so every draw is reproducible."""
+    state = np.random.SeedSequence([seed, key]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def low_rank_target(shape: Sequence[int], rank: int, seed: int, dtype) -> torch.Tensor:
+    """T = X Y^T with Gaussian X, Y of ``rank`` columns, scaled so ||T||_F^2 = numel (unit RMS)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape[0], rank, generator=gen, dtype=dtype)
+    y = torch.randn(shape[1], rank, generator=gen, dtype=dtype)
+    t = x @ y.T
+    return t * (t.numel() ** 0.5 / torch.linalg.matrix_norm(t))
+
+
+class Tucker2Denoise(Task):
+    """Fit A G B^T to T + a N (Figure 1); scored by the relative error to the clean T."""
+
+    primary_metric = "rel_error"
+    higher_is_better = False
+    models = ("tucker2",)
+
+    def __init__(self, shape=(20, 20), target_rank: int = 3, noise: float = 0.0,
+                 batching: str = "full", batch_size: int = 0, data_seed: int = 0,
+                 rank=(3, 3), init: str = "normal", init_std: float = 0.3,
+                 init_scales=(1.0, 1.0, 1.0), seed: int = 0, dtype: str = "float32"):
+        if len(shape) != 2:
+            raise ValueError(f"task.shape={list(shape)} must have 2 entries (a matrix)")
+        if len(rank) != 2:
+            raise ValueError(f"model.rank={list(rank)} must have 2 entries (Tucker-2)")
+        if not 1 <= target_rank <= min(shape):
+            raise ValueError(f"task.target_rank={target_rank} must be in [1, {min(shape)}]")
+        if noise < 0:
+            raise ValueError(f"task.noise={noise} must be >= 0")
+        if batching not in BATCHINGS:
+            raise ValueError(f"task.batching={batching!r} is not one of {list(BATCHINGS)}")
+        if batching == "entries" and batch_size <= 0:
+            raise ValueError(f"task.batching='entries' needs task.batch_size > 0, got {batch_size}")
+        if len(init_scales) != 3:
+            raise ValueError(f"model.init_scales={list(init_scales)} must have 3 entries (G, A, B)")
+        if dtype not in DTYPES:
+            raise ValueError(f"task.dtype={dtype!r} is not one of {list(DTYPES)}")
+        self.shape, self.rank, self.noise = tuple(shape), tuple(rank), float(noise)
+        self.batching, self.batch_size, self.data_seed = batching, int(batch_size), data_seed
+        self.init, self.init_std, self.seed = init, init_std, seed
+        self.init_scales, self.dtype = tuple(float(s) for s in init_scales), DTYPES[dtype]
+        self.target = low_rank_target(self.shape, target_rank, data_seed, self.dtype)
+        self.observed = self.target + self.noise * self.draw_noise(key=0)  # Y = T + a N_0
+
+    def draw_noise(self, key: int) -> torch.Tensor:
+        """i.i.d. standard Gaussian entries: N_0 for key 0, N_t for key t + 1."""
+        gen = keyed_generator(self.data_seed, key)
+        return torch.randn(self.shape, generator=gen, dtype=self.dtype)
+
+    def build_model(self) -> nn.Module:
+        model = Tucker(self.shape, self.rank, init=self.init, seed=self.seed, std=self.init_std,
+                       dtype=self.dtype)
+        with torch.no_grad():
+            torch._foreach_mul_(list(model.cores()), list(self.init_scales))
+        return model
+
+    def batch(self, step: int):
+        """``None`` (full), the observation Y_t (fresh), or sampled flat indices (entries)."""
+        if self.batching == "full":
+            return None
+        if self.batching == "fresh":
+            return self.target + self.noise * self.draw_noise(step + 1)
+        gen = keyed_generator(self.data_seed, step + 1)
+        return torch.randint(self.target.numel(), (self.batch_size,), generator=gen)
+
+    def loss(self, model: nn.Module, batch=None) -> torch.Tensor:
+        """||Phi - Y||_F^2 for the step's sample of f (sum of squared errors)."""
+        pred = model()
+        if self.batching == "entries":
+            residual = pred.reshape(-1)[batch] - self.observed.reshape(-1)[batch]
+            return residual.square().sum() * (self.target.numel() / self.batch_size)
+        observed = self.observed if batch is None else batch
+        return (pred - observed).square().sum()
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Relative error to the clean target and the full-batch loss on the fixed draw Y."""
+        pred = model()
+        return {
+            "rel_error": float(torch.linalg.matrix_norm(pred - self.target)
+                               / torch.linalg.matrix_norm(self.target)),
+            "loss_full": float((pred - self.observed).square().sum()),
+        }

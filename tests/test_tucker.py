@@ -1,0 +1,119 @@
+"""Tucker model: tensorly-equal reconstruction and init, multilinearity, rank validation."""
+
+import numpy as np
+import pytest
+import tensorly as tl
+import torch
+from tensorly.random import random_tucker
+
+from tensam.cores import core_groups
+from tensam.tensorized.tucker import Tucker, mode_product, tucker_to_tensor
+
+CASES = [((5, 7), (2, 3)), ((4, 6, 3), (2, 6, 1)), ((3, 2, 5, 4), (2, 2, 3, 1)),
+         ((8, 3, 5), (3, 3, 5))]
+
+
+@pytest.fixture(autouse=True)
+def numpy_backend():
+    tl.set_backend("numpy")
+
+
+def _random_tucker_np(shape, rank, seed):
+    rns = np.random.RandomState(seed)
+    core = rns.standard_normal(rank)
+    return core, [rns.standard_normal((s, r)) for s, r in zip(shape, rank, strict=True)]
+
+
+@pytest.mark.parametrize("shape, rank", CASES)
+def test_tucker_to_tensor_matches_tensorly(shape, rank):
+    core, factors = _random_tucker_np(shape, rank, seed=len(shape))
+    expected = tl.tucker_to_tensor((core, factors))
+    ours = tucker_to_tensor(torch.tensor(core), [torch.tensor(f) for f in factors])
+    assert ours.shape == shape
+    np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape, rank", CASES)
+def test_module_matches_tensorly(shape, rank):
+    model = Tucker(shape, rank, init="normal", seed=3, std=1.0, dtype=torch.float64)
+    factors = [f.detach().numpy() for f in model.factors]
+    expected = tl.tucker_to_tensor((model.core.detach().numpy(), factors))
+    np.testing.assert_allclose(model().detach().numpy(), expected, rtol=1e-12, atol=1e-12)
+    assert [g.K for g in core_groups(model)] == [len(shape) + 1]
+    assert core_groups(model)[0].cores == (model.core, *model.factors)
+
+
+def test_mode_product_is_the_unfolding_identity():
+    rns = np.random.RandomState(0)
+    t, m = rns.standard_normal((3, 4, 5)), rns.standard_normal((6, 4))
+    expected = np.einsum("ijk,aj->iak", t, m)
+    np.testing.assert_allclose(mode_product(torch.tensor(t), torch.tensor(m), 1).numpy(),
+                               expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape, rank", CASES)
+@pytest.mark.parametrize("seed", [0, 7])
+def test_uniform_init_reproduces_random_tucker(shape, rank, seed):
+    core, factors = random_tucker(shape, rank, random_state=seed)
+    model = Tucker(shape, rank, init="uniform", seed=seed, dtype=torch.float64)
+    assert torch.equal(model.core.detach(), torch.from_numpy(core))
+    for ours, theirs in zip(model.factors, factors, strict=True):
+        assert torch.equal(ours.detach(), torch.from_numpy(theirs))
+    single = Tucker(shape, rank, init="uniform", seed=seed)
+    assert single.core.dtype == torch.float32
+    assert torch.equal(single.core.detach(), torch.from_numpy(core).float())
+
+
+def test_normal_init_is_seeded_with_the_requested_std():
+    a = Tucker((60, 50), (40, 30), init="normal", seed=1, std=0.3, dtype=torch.float64)
+    b = Tucker((60, 50), (40, 30), init="normal", seed=1, std=0.3, dtype=torch.float64)
+    c = Tucker((60, 50), (40, 30), init="normal", seed=2, std=0.3, dtype=torch.float64)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
+    assert not torch.equal(a.core, c.core)
+    entries = torch.cat([p.detach().flatten() for p in a.parameters()])
+    assert abs(entries.std().item() - 0.3) < 0.01
+    assert abs(entries.mean().item()) < 0.01
+
+
+@pytest.mark.parametrize("shape, rank", CASES)
+def test_rescaling_two_cores_leaves_the_tensor_unchanged(shape, rank):
+    """Scale invariance (Eq. 1): G_k -> c G_k, G_j -> G_j / c gives the same Phi, for all k, j."""
+    model = Tucker(shape, rank, init="normal", seed=5, std=1.0, dtype=torch.float64)
+    before = model().detach()
+    cores = model.cores()
+    for k in range(len(cores)):
+        j = (k + 1) % len(cores)
+        with torch.no_grad():
+            cores[k].mul_(3.7)
+            cores[j].div_(3.7)
+        torch.testing.assert_close(model().detach(), before, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", range(4))
+def test_reconstruction_is_linear_in_each_core(k):
+    shape, rank = (4, 3, 5), (2, 3, 2)
+    model = Tucker(shape, rank, init="normal", seed=2, std=1.0, dtype=torch.float64)
+    cores = [c.detach() for c in model.cores()]
+    other = torch.randn(cores[k].shape, generator=torch.Generator().manual_seed(k),
+                        dtype=torch.float64)
+
+    def phi(replacement):
+        parts = [replacement if i == k else c for i, c in enumerate(cores)]
+        return tucker_to_tensor(parts[0], parts[1:])
+
+    combined = phi(2.5 * cores[k] - 0.5 * other)
+    torch.testing.assert_close(combined, 2.5 * phi(cores[k]) - 0.5 * phi(other),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("rank, why", [((2, 2), "has 2 entries"), ((2, 2, 2, 2), "has 4 entries"),
+                                       ((2, 7, 2), "must satisfy"), ((0, 2, 2), "must satisfy")])
+def test_bad_rank_raises_naming_model_rank(rank, why):
+    with pytest.raises(ValueError, match=r"model\.rank") as err:
+        Tucker((4, 6, 3), rank)
+    assert why in str(err.value)
+
+
+def test_bad_init_raises_naming_model_init():
+    with pytest.raises(ValueError, match=r"model\.init='orthogonal'"):
+        Tucker((4, 6, 3), (2, 2, 2), init="orthogonal")

@@ -1,0 +1,115 @@
+"""Small float64 problems shared by the optimizer and theory tests, and hand-computed maths."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from tensam.tensorized import Tucker
+
+
+class TwoTucker(nn.Module):
+    """Two core groups with different K (3 and 4) plus a non-core ``bias`` parameter."""
+
+    def __init__(self, seed: int = 0, std: float = 0.8, dtype=torch.float64):
+        super().__init__()
+        self.a = Tucker((4, 3), (2, 2), init="normal", seed=seed, std=std, dtype=dtype)
+        self.b = Tucker((4, 3, 2), (3, 2, 2), init="normal", seed=seed + 1, std=std, dtype=dtype)
+        self.bias = nn.Parameter(torch.full((4, 3, 2), 0.1, dtype=dtype))
+        gen = torch.Generator().manual_seed(seed + 100)
+        self.register_buffer("target_a", torch.randn(4, 3, generator=gen, dtype=dtype))
+        self.register_buffer("target_b", torch.randn(4, 3, 2, generator=gen, dtype=dtype))
+
+    def forward(self) -> torch.Tensor:
+        """A non-degenerate loss: squared errors of both reconstructions (b with a bias)."""
+        err_a = self.a() - self.target_a
+        err_b = self.b() + self.bias - self.target_b
+        return 0.5 * err_a.square().sum() + 0.5 * err_b.square().sum() + 0.1 * err_b.sum()
+
+
+class LoRA(nn.Module):
+    """W = B A with B zero-initialised: one core group (B, A) in which ||B|| = 0."""
+
+    def __init__(self, seed: int = 0, dtype=torch.float64):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.A = nn.Parameter(torch.randn(2, 5, generator=gen, dtype=dtype))
+        self.B = nn.Parameter(torch.zeros(4, 2, dtype=dtype))
+        self.register_buffer("x", torch.randn(5, 3, generator=gen, dtype=dtype))
+        self.register_buffer("y", torch.randn(4, 3, generator=gen, dtype=dtype))
+
+    def cores(self):
+        return (self.B, self.A)
+
+    def forward(self) -> torch.Tensor:
+        return 0.5 * (self.B @ self.A @ self.x - self.y).square().sum()
+
+
+class WithLoRA(nn.Module):
+    """A Tucker group next to a LoRA group whose B core has zero norm."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        self.tucker = TwoTucker(seed)
+        self.lora = LoRA(seed)
+
+    def forward(self) -> torch.Tensor:
+        return self.tucker() + self.lora()
+
+
+def values(model: nn.Module) -> list[torch.Tensor]:
+    """Detached copies of the parameters, in ``model.parameters()`` order."""
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def loss_at(model: nn.Module, point: list[torch.Tensor]) -> torch.Tensor:
+    """``model()`` (the loss) at parameter values ``point``, without touching the parameters."""
+    names = [n for n, _ in model.named_parameters()]
+    return functional_call(model, dict(zip(names, point, strict=True)), ())
+
+
+def grad_at(model: nn.Module, point: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Gradient of the loss at parameter values ``point``."""
+    leaves = [v.detach().clone().requires_grad_(True) for v in point]
+    return list(torch.autograd.grad(loss_at(model, leaves), leaves))
+
+
+def backward(model: nn.Module) -> torch.Tensor:
+    """Fresh gradients of ``model()`` on ``.grad``."""
+    model.zero_grad(set_to_none=True)
+    loss = model()
+    loss.backward()
+    return loss
+
+
+def closure_for(model: nn.Module):
+    def closure():
+        loss = model()
+        loss.backward()
+        return loss
+
+    return closure
+
+
+def sq(t: torch.Tensor) -> float:
+    return float(t.detach().square().sum())
+
+
+def das_lambdas(groups, grads, lrs, alpha: float, normalization: str) -> list[list[float]]:
+    """Algorithm 2, line 5, written out per core with Python floats.
+
+    ``groups[l]`` lists the cores of layer l, ``grads[l]`` their gradients, ``lrs[l]`` their eta:
+    lambda_k = eta alpha u / ||G_k||^2 (||g_k||^2 - gbar_l), gbar_l = mean_k ||g_k||^2, with
+    u = (K_l gbar_l)^(-1/2) ("layer") or u_D = (sum over all cores ||g||^2)^(-1/2) ("global").
+    A zero-norm core gets 0.
+    """
+    total_all = sum(sq(g) for layer in grads for g in layer)
+    out = []
+    for cores, gs, eta in zip(groups, grads, lrs, strict=True):
+        gsq = [sq(g) for g in gs]
+        gbar = sum(gsq) / len(gsq)
+        u = (sum(gsq) if normalization == "layer" else total_all) ** -0.5
+        out.append([0.0 if sq(c) == 0 else eta * alpha * u * (gk - gbar) / sq(c)
+                    for c, gk in zip(cores, gsq, strict=True)])
+    return out
