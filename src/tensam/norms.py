@@ -2,17 +2,26 @@
 
 Every scaling optimizer (DAS, nBAR, oBAR) and every norm-dynamics metric needs the same two
 vectors, one entry per core, plus "which layer does core i belong to". :class:`CoreIndex`
-flattens the groups once; :meth:`CoreIndex.squared_norms` then costs one ``_foreach_norm`` over
-all cores, with no Python loop over parameters.
+flattens the groups once; :meth:`CoreIndex.sq_norms` then costs one ``_foreach_norm`` over all
+cores, with no Python loop over parameters.
+
+On CPU a ``_foreach_*`` op still dispatches once per tensor, so with hundreds of small cores the
+cost grows with their number. :meth:`CoreIndex.flatten_` therefore moves the cores and their
+gradients into one contiguous buffer (the parameters keep their identity; their ``.data`` and
+``.grad`` become views of it), after which norms and scalings are a fixed number of ops on one
+buffer, whatever the number of cores.
 """
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
 
 from tensam.cores import CoreGroup
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def squared_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -40,12 +49,71 @@ class CoreIndex:
             self.K, self.layer = self.K.to(device), self.layer.to(device)
             self.inv_K = self.inv_K.to(device)
 
+        self.buffer: torch.Tensor | None = None  # (2, n): row 0 the cores, row 1 their grads
+
     def __len__(self) -> int:
         return len(self.cores)
+
+    @torch.no_grad()
+    def flatten_(self) -> bool:
+        """Re-home every core and its gradient into ``self.buffer``; False if not possible.
+
+        Needs leaf cores of one dtype and device. Afterwards ``core.data`` is a view of
+        ``buffer[0]`` and ``core.grad`` a view of ``buffer[1]``: gradients must then be zeroed
+        in place (see :meth:`zero_grads_`), not set to None, and the model must not be moved
+        (``.to()``) without building a new optimizer.
+        """
+        cores = self.cores
+        if not cores or any(not c.is_leaf or c.dtype != cores[0].dtype
+                            or c.device != cores[0].device for c in cores):
+            return False
+        numels = [c.numel() for c in cores]
+        buffer = torch.zeros(2, sum(numels), dtype=cores[0].dtype, device=cores[0].device)
+        for c, data, grad in zip(cores, buffer[0].split(numels), buffer[1].split(numels),
+                                 strict=True):
+            data.copy_(c.reshape(-1))
+            if c.grad is not None:
+                grad.copy_(c.grad.reshape(-1))
+            c.data = data.view_as(c)
+            c.grad = grad.view_as(c)
+        self.buffer, self._numels = buffer, numels
+        self._grad_views = [c.grad for c in cores]
+        lengths = torch.tensor(numels, device=buffer.device)
+        self.segment = torch.repeat_interleave(torch.arange(len(cores), device=buffer.device),
+                                               lengths)
+        self._lengths2 = torch.cat([lengths, lengths])  # cores, then gradients
+        return True
+
+    @property
+    def flat(self) -> bool:
+        """True while the flattened gradient views are still the cores' ``.grad``."""
+        return self.buffer is not None and all(
+            map(operator.is_, (c.grad for c in self.cores), self._grad_views))
+
+    def zero_grads_(self) -> None:
+        """Zero the flattened gradients in place and re-attach them as the cores' ``.grad``."""
+        self.buffer[1].zero_()
+        for c, g in zip(self.cores, self._grad_views, strict=True):
+            c.grad = g
+
+    def per_core(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Split a flat (n,) tensor into per-core views shaped like the cores."""
+        return [v.view_as(c) for v, c in zip(x.split(self._numels), self.cores, strict=True)]
 
     @property
     def num_layers(self) -> int:
         return len(self.groups)
+
+    def inv_K_as(self, dtype: torch.dtype) -> torch.Tensor:  # noqa: N802 - the paper's K
+        """1/K_l for the layer of each core, in ``dtype`` (cached)."""
+        cache = self.__dict__.setdefault("_inv_K_cache", {})
+        if dtype not in cache:
+            cache[dtype] = self.inv_K.to(dtype)
+        return cache[dtype]
+
+    def expand(self, x: torch.Tensor) -> torch.Tensor:
+        """A per-core vector repeated over each core's elements (flattened layout)."""
+        return x.index_select(0, self.segment)
 
     def layer_sum(self, x: torch.Tensor) -> torch.Tensor:
         """sum_{k in layer l} x_k for every layer l (segment sum)."""
@@ -55,7 +123,7 @@ class CoreIndex:
 
     def layer_mean(self, x: torch.Tensor) -> torch.Tensor:
         """(1/K_l) sum_{k in layer l} x_k, broadcast back to one entry per core."""
-        return (self.layer_sum(x) / self.K.to(x.dtype))[self.layer]
+        return self.layer_sum(x).index_select(0, self.layer) * self.inv_K_as(x.dtype)
 
     def grads(self) -> list[torch.Tensor]:
         """g_k for every core (zeros where a core has no gradient)."""
@@ -64,14 +132,19 @@ class CoreIndex:
     @torch.no_grad()
     def core_sq_norms(self) -> torch.Tensor:
         """||G_k||_F^2 for every core."""
-        return squared_norms(self.cores)
+        return self.sq_norms()[0]
 
     def grad_sq_norms(self) -> torch.Tensor:
         """||g_k||_F^2 for every core (0 where a core has no gradient)."""
-        return squared_norms(self.grads())
+        return self.sq_norms()[1]
 
     @torch.no_grad()
     def sq_norms(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(||G_k||_F^2, ||g_k||_F^2) for every core from a single ``_foreach_norm`` call."""
+        """(||G_k||_F^2, ||g_k||_F^2) for every core: a segment sum over the flat buffer, or a
+        single ``_foreach_norm`` call when the cores are not flattened."""
+        if self.flat:
+            buf = self.buffer.float() if self.buffer.dtype in LOW_PRECISION else self.buffer
+            sq = torch.segment_reduce(buf.view(-1).square(), "sum", lengths=self._lengths2)
+            return sq[: len(self)], sq[len(self):]
         both = squared_norms(self.cores + self.grads())
         return both[: len(self)], both[len(self):]

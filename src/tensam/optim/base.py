@@ -117,7 +117,8 @@ class ScalingOptimizer(WrappedOptimizer):
     arithmetic. The increment uses G^(t), the cores before the base step (Eq. 7).
     """
 
-    def __init__(self, base, groups=None, compensated: bool = True, **defaults):
+    def __init__(self, base, groups=None, compensated: bool = True, flatten: bool = True,
+                 **defaults):
         super().__init__(base, defaults)
         self.index = CoreIndex(as_core_groups(groups))
         group_of = {id(p): i for i, g in enumerate(self.param_groups) for p in g["params"]}
@@ -127,7 +128,39 @@ class ScalingOptimizer(WrappedOptimizer):
         self._core_param_group = torch.tensor([group_of[id(c)] for c in self.index.cores])
         self._lr_cache: tuple[tuple, torch.Tensor] | None = None
         self.compensated = compensated
-        self._scratch = [torch.empty_like(c) for c in self.index.cores] if compensated else []
+        if flatten:
+            self.index.flatten_()
+        if compensated and len(self.index):
+            self._init_residuals()
+
+    def _init_residuals(self) -> None:
+        """Residual (carried rounding error, optimizer state) and scratch buffers per core; views
+        of one flat buffer each when the cores are flattened."""
+        idx = self.index
+        if idx.buffer is not None:
+            self._flat_residual = torch.zeros_like(idx.buffer[0])
+            self._flat_scratch = torch.empty_like(idx.buffer[0])
+            residual, self._scratch = idx.per_core(self._flat_residual), idx.per_core(
+                self._flat_scratch)
+        else:
+            residual = [torch.zeros_like(c) for c in idx.cores]
+            self._scratch = [torch.empty_like(c) for c in idx.cores]
+        for c, r in zip(idx.cores, residual, strict=True):
+            self.state[c]["residual"] = r
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        if self.compensated and len(self.index):  # loading made new tensors: copy them back in
+            loaded = [self.state[c].get("residual") for c in self.index.cores]
+            self._init_residuals()
+            for c, r in zip(self.index.cores, loaded, strict=True):
+                if r is not None:
+                    self.state[c]["residual"].copy_(r)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base.zero_grad(set_to_none=set_to_none)
+        if self.index.buffer is not None:
+            self.index.zero_grads_()  # flattened core gradients stay views, zeroed in place
 
     def learning_rates(self) -> torch.Tensor:
         """The *current* step size eta^(t) of every core (schedulers change it in place)."""
@@ -141,13 +174,16 @@ class ScalingOptimizer(WrappedOptimizer):
         """lambda_k for every core of ``self.index`` (one entry per core)."""
         raise NotImplementedError
 
-    def _residuals(self) -> list[torch.Tensor]:
-        """The carried rounding errors (optimizer state, so they survive a checkpoint)."""
-        cores = self.index.cores
-        if "residual" not in self.state[cores[0]]:
-            for c in cores:
-                self.state[c]["residual"] = torch.zeros_like(c)
-        return [self.state[c]["residual"] for c in cores]
+    def _operands(self, lam: torch.Tensor):
+        """(cores, lambdas, residuals, scratch) as tensor lists: one flat tensor each (lambda
+        expanded to the elements) when the cores are flattened, else one entry per core."""
+        idx = self.index
+        if idx.buffer is not None and idx.flat:
+            residual = [self._flat_residual] if self.compensated else []
+            scratch = [self._flat_scratch] if self.compensated else []
+            return [idx.buffer[0]], [idx.expand(lam.to(idx.buffer.dtype))], residual, scratch
+        residual = [self.state[c]["residual"] for c in idx.cores] if self.compensated else []
+        return idx.cores, list(lam.to(idx.cores[0].dtype).unbind()), residual, self._scratch
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None):
@@ -159,14 +195,12 @@ class ScalingOptimizer(WrappedOptimizer):
             self.base.step()
             self.steps += 1
             return loss
-        cores = self.index.cores
-        lam = list(self.scale_factors().to(cores[0].dtype).unbind())
+        cores, lam, residual, previous = self._operands(self.scale_factors())
         if not self.compensated:
-            increments = torch._foreach_mul(cores, lam)
+            increments = torch._foreach_mul(cores, lam)  # lambda G^(t), before the base step
             self.base.step()
             torch._foreach_add_(cores, increments)
         else:
-            residual, previous = self._residuals(), self._scratch
             torch._foreach_addcmul_(residual, cores, lam)  # y = lambda G^(t) + carried error
             self.base.step()
             torch._foreach_copy_(previous, cores)

@@ -41,11 +41,12 @@ class DAS(ScalingOptimizer):
     def scale_factors(self) -> torch.Tensor:
         idx = self.index
         sq_core, sq_grad = idx.sq_norms()
-        layer_total = idx.layer_sum(sq_grad)[idx.layer]  # K_l * gbar_l, per core
-        gbar = layer_total * idx.inv_K.to(layer_total.dtype)
+        layer_total = idx.layer_sum(sq_grad).index_select(0, idx.layer)  # K_l * gbar_l
+        gbar = layer_total * idx.inv_K_as(sq_grad.dtype)
         total = layer_total if self.normalization == "layer" else sq_grad.sum()  # u^(-2)
         alpha = scheduled(self.alpha, self.alpha_schedule, self.steps, self.total_steps)
-        denom = (total.sqrt() * sq_core).clamp_min(torch.finfo(sq_core.dtype).tiny)
-        lam = (self.learning_rates() * alpha) * (sq_grad - gbar) / denom
+        coef = self.learning_rates().mul(alpha).to(sq_grad.dtype)  # eta^(t) alpha^(t)
+        denom = (total.sqrt() * sq_core).clamp_min_(torch.finfo(sq_core.dtype).tiny)
+        lam = (sq_grad - gbar).mul_(coef).div_(denom)
         # a core with ||G_k||^2 <= eps is not scaled; no gradient at all gives 0/tiny = 0
-        return torch.where(sq_core > self.eps, lam, 0.0)
+        return lam.masked_fill_(sq_core <= self.eps, 0.0)
