@@ -7,7 +7,8 @@ NLP_STAMP := .venv/.installed-nlp
 
 export WANDB_MODE ?= offline
 
-.PHONY: venv setup test lint reproduce-table1 bench clean
+.PHONY: venv setup test lint reproduce-table1 reproduce-fig1 reproduce-fig2 theory \
+	reproduce-optimizers reproduce-all bench clean
 
 venv: $(STAMP)
 
@@ -26,16 +27,29 @@ $(NLP_STAMP): $(STAMP)
 	$(PIP) check
 	touch $@
 
-# pytest exits 5 when it collects no tests; treat that as success (with a note).
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected"; exit 0; fi; exit $$rc
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv
 	$(PY) -m ruff check src tests scripts $(wildcard train.py)
 
+# Paper artefacts: each writes its table/figure into results/ (see experiments/*/README.md).
 reproduce-table1: venv
 	$(PY) scripts/reproduce_table1.py
+
+reproduce-fig1: venv
+	$(PY) scripts/reproduce_fig1.py
+
+reproduce-fig2: venv
+	$(PY) scripts/reproduce_fig2.py
+
+theory: venv
+	$(PY) scripts/theory.py
+
+reproduce-optimizers: venv
+	$(PY) scripts/compare_optimizers.py
+
+reproduce-all: reproduce-table1 reproduce-fig1 reproduce-fig2 theory reproduce-optimizers bench
 
 bench: venv
 	$(PY) scripts/bench_optim.py

@@ -30,6 +30,7 @@ def test_model_is_a_g_b_transpose():
     torch.testing.assert_close(model(), a @ g @ b.T)
 
 
+@torch.no_grad()
 def test_loss_and_metrics_by_hand():
     task = Tucker2Denoise(shape=(2, 2), target_rank=1, rank=(1, 1), noise=0.0, dtype="float64")
     t = task.target
@@ -37,24 +38,25 @@ def test_loss_and_metrics_by_hand():
     assert float(t.square().sum()) == pytest.approx(4.0)  # unit RMS: ||T||^2 = numel
     model = task.build_model()
     set_cores(model, [[0.0]], [[1.0], [0.0]], [[0.0], [1.0]])  # A G B^T = 0
-    assert float(task.loss(model).detach()) == pytest.approx(4.0)
+    assert float(task.loss(model)) == pytest.approx(4.0)
     assert task.evaluate(model) == pytest.approx({"rel_error": 1.0, "loss_full": 4.0})
     u, s, vh = torch.linalg.svd(t)
     set_cores(model, [[s[0]]], u[:, :1], vh[:1].T)  # A G B^T = T exactly
-    assert float(task.loss(model).detach()) == pytest.approx(0.0, abs=1e-20)
+    assert float(task.loss(model)) == pytest.approx(0.0, abs=1e-20)
     assert task.evaluate(model)["rel_error"] == pytest.approx(0.0, abs=1e-10)
     set_cores(model, [[2 * s[0]]], u[:, :1], vh[:1].T)  # A G B^T = 2T: error ||T||
     assert task.evaluate(model) == pytest.approx({"rel_error": 1.0, "loss_full": 4.0})
 
 
+@torch.no_grad()
 def test_batchings_sample_the_noisy_objective():
     full = Tucker2Denoise(noise=0.5, batching="full", dtype="float64")
     noise = (full.observed - full.target) / 0.5
     assert float(noise.std()) == pytest.approx(1.0, abs=0.1)
     model = full.build_model()
-    expected = float((model().detach() - full.observed).square().sum())
+    expected = float((model() - full.observed).square().sum())
     assert full.batch(3) is None
-    assert float(full.loss(model, None).detach()) == pytest.approx(expected)
+    assert float(full.loss(model, None)) == pytest.approx(expected)
 
     fresh = Tucker2Denoise(noise=0.5, batching="fresh", dtype="float64")
     torch.testing.assert_close(fresh.batch(7), fresh.batch(7))  # reproducible per step
@@ -113,19 +115,19 @@ def test_theorem3_rate_of_one_sam_step(seed):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sam_reduces_q_faster_than_sgd_on_noisy_data(seed):
-    """Stochastic Figure 1 setting (fresh noise a = 2, same batches): Q_SAM < Q_SGD < Q_0."""
-    finals, base = {}, {"name": "sgd", "lr": 2.5e-4}
-    for cfg in ({"method": "none", "base": base}, {"method": "sam", "rho": 0.1, "base": base}):
+    """Fresh noise a = 2, same batches, rho >> lr ||g||: Q_SAM < 0.8 Q_SGD and Q_SGD < Q_0."""
+    finals, base = {}, {"name": "sgd", "lr": 1e-3}
+    for cfg in ({"method": "none", "base": base}, {"method": "sam", "rho": 0.4, "base": base}):
         task = Tucker2Denoise(noise=2.0, batching="fresh", init_scales=(1.0, 1.0, 3.0), seed=seed)
         model = task.build_model()
         index = CoreIndex(core_groups(model))
         q0 = float(norm_deviation(index.core_sq_norms()))
         opt = build_optimizer(cfg, model)
-        for step in range(1500):
+        for step in range(400):
             _, closure = train_step(task, model, opt, task.batch(step))
             opt.step(closure) if cfg["method"] == "sam" else opt.step()
         finals[cfg["method"]] = float(norm_deviation(index.core_sq_norms()))
-    assert finals["sam"] < 0.95 * finals["none"] and finals["none"] < q0
+    assert finals["sam"] < 0.8 * finals["none"] and finals["none"] < q0
 
 
 def test_fig1_config_composes():

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 WANDB_MODES = ("online", "offline", "disabled")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -21,6 +23,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file normal permissions
     with os.fdopen(fd, "w") as f:
         f.write(text)
         f.flush()
