@@ -36,6 +36,7 @@ lint: venv
 # Paper artefacts: each writes its table/figure into results/ (see experiments/*/README.md).
 reproduce-table1: venv
 	$(PY) scripts/reproduce_table1.py
+	$(PY) scripts/make_table1.py
 
 reproduce-fig1: venv
 	$(PY) scripts/reproduce_fig1.py

@@ -78,10 +78,8 @@ class CoreIndex:
             c.grad = grad.view_as(c)
         self.buffer, self._numels = buffer, numels
         self._grad_views = [c.grad for c in cores]
-        lengths = torch.tensor(numels, device=buffer.device)
-        self.segment = torch.repeat_interleave(torch.arange(len(cores), device=buffer.device),
-                                               lengths)
-        self._lengths2 = torch.cat([lengths, lengths])  # cores, then gradients
+        self._lengths = torch.tensor(numels, device=buffer.device)
+        self._lengths2 = torch.cat([self._lengths, self._lengths])  # cores, then gradients
         return True
 
     @property
@@ -91,10 +89,12 @@ class CoreIndex:
             map(operator.is_, (c.grad for c in self.cores), self._grad_views))
 
     def zero_grads_(self) -> None:
-        """Zero the flattened gradients in place and re-attach them as the cores' ``.grad``."""
+        """Zero the flattened gradients in place (re-attaching them as the cores' ``.grad`` if
+        something replaced them)."""
         self.buffer[1].zero_()
-        for c, g in zip(self.cores, self._grad_views, strict=True):
-            c.grad = g
+        if not self.flat:
+            for c, g in zip(self.cores, self._grad_views, strict=True):
+                c.grad = g
 
     def per_core(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Split a flat (n,) tensor into per-core views shaped like the cores."""
@@ -113,7 +113,7 @@ class CoreIndex:
 
     def expand(self, x: torch.Tensor) -> torch.Tensor:
         """A per-core vector repeated over each core's elements (flattened layout)."""
-        return x.index_select(0, self.segment)
+        return x.repeat_interleave(self._lengths, output_size=self.buffer.shape[1])
 
     def layer_sum(self, x: torch.Tensor) -> torch.Tensor:
         """sum_{k in layer l} x_k for every layer l (segment sum)."""

@@ -128,8 +128,9 @@ class ScalingOptimizer(WrappedOptimizer):
         self._core_param_group = torch.tensor([group_of[id(c)] for c in self.index.cores])
         self._lr_cache: tuple[tuple, torch.Tensor] | None = None
         self.compensated = compensated
-        if flatten:
-            self.index.flatten_()
+        if flatten and self.index.flatten_():
+            cores = {id(c) for c in self.index.cores}
+            self._others = [p for p in self.params if id(p) not in cores]
         if compensated and len(self.index):
             self._init_residuals()
 
@@ -139,12 +140,9 @@ class ScalingOptimizer(WrappedOptimizer):
         idx = self.index
         if idx.buffer is not None:
             self._flat_residual = torch.zeros_like(idx.buffer[0])
-            self._flat_scratch = torch.empty_like(idx.buffer[0])
-            residual, self._scratch = idx.per_core(self._flat_residual), idx.per_core(
-                self._flat_scratch)
+            residual = idx.per_core(self._flat_residual)
         else:
             residual = [torch.zeros_like(c) for c in idx.cores]
-            self._scratch = [torch.empty_like(c) for c in idx.cores]
         for c, r in zip(idx.cores, residual, strict=True):
             self.state[c]["residual"] = r
 
@@ -158,9 +156,16 @@ class ScalingOptimizer(WrappedOptimizer):
                     self.state[c]["residual"].copy_(r)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        self.base.zero_grad(set_to_none=set_to_none)
-        if self.index.buffer is not None:
-            self.index.zero_grads_()  # flattened core gradients stay views, zeroed in place
+        if self.index.buffer is None:
+            return self.base.zero_grad(set_to_none=set_to_none)
+        if set_to_none:  # other parameters as the base would; flattened core gradients stay views
+            for p in self._others:
+                p.grad = None
+        else:
+            grads = [p.grad for p in self._others if p.grad is not None]
+            if grads:
+                torch._foreach_zero_(grads)
+        self.index.zero_grads_()
 
     def learning_rates(self) -> torch.Tensor:
         """The *current* step size eta^(t) of every core (schedulers change it in place)."""
@@ -175,15 +180,14 @@ class ScalingOptimizer(WrappedOptimizer):
         raise NotImplementedError
 
     def _operands(self, lam: torch.Tensor):
-        """(cores, lambdas, residuals, scratch) as tensor lists: one flat tensor each (lambda
-        expanded to the elements) when the cores are flattened, else one entry per core."""
+        """(cores, lambdas, residuals) as tensor lists: one flat tensor each (lambda expanded to
+        the elements) when the cores are flattened, else one entry per core."""
         idx = self.index
         if idx.buffer is not None and idx.flat:
             residual = [self._flat_residual] if self.compensated else []
-            scratch = [self._flat_scratch] if self.compensated else []
-            return [idx.buffer[0]], [idx.expand(lam.to(idx.buffer.dtype))], residual, scratch
+            return [idx.buffer[0]], [idx.expand(lam.to(idx.buffer.dtype))], residual
         residual = [self.state[c]["residual"] for c in idx.cores] if self.compensated else []
-        return idx.cores, list(lam.to(idx.cores[0].dtype).unbind()), residual, self._scratch
+        return idx.cores, list(lam.to(idx.cores[0].dtype).unbind()), residual
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None):
@@ -195,7 +199,7 @@ class ScalingOptimizer(WrappedOptimizer):
             self.base.step()
             self.steps += 1
             return loss
-        cores, lam, residual, previous = self._operands(self.scale_factors())
+        cores, lam, residual = self._operands(self.scale_factors())
         if not self.compensated:
             increments = torch._foreach_mul(cores, lam)  # lambda G^(t), before the base step
             self.base.step()
@@ -203,7 +207,7 @@ class ScalingOptimizer(WrappedOptimizer):
         else:
             torch._foreach_addcmul_(residual, cores, lam)  # y = lambda G^(t) + carried error
             self.base.step()
-            torch._foreach_copy_(previous, cores)
+            previous = torch._foreach_mul(cores, 1.0)  # a transient copy of G
             torch._foreach_add_(cores, residual)  # G + y, rounded
             torch._foreach_sub_(previous, cores)  # -(what was actually added)
             torch._foreach_add_(residual, previous)  # y - added: the part lost to rounding
