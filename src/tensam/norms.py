@@ -6,15 +6,14 @@ flattens the groups once; :meth:`CoreIndex.sq_norms` then costs one ``_foreach_n
 cores, with no Python loop over parameters.
 
 On CPU a ``_foreach_*`` op still dispatches once per tensor, so with hundreds of small cores the
-cost grows with their number. :meth:`CoreIndex.flatten_` therefore moves the cores and their
-gradients into one contiguous buffer (the parameters keep their identity; their ``.data`` and
-``.grad`` become views of it), after which norms and scalings are a fixed number of ops on one
-buffer, whatever the number of cores.
+cost grows with their number. :meth:`CoreIndex.flatten_` therefore moves the cores into one
+contiguous buffer (the parameters keep their identity; their ``.data`` becomes a view of it), after
+which norms (with the gradients gathered by one ``torch.cat``) and scalings are a fixed number of
+ops on one buffer, whatever the number of cores.
 """
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 
 import torch
@@ -49,52 +48,33 @@ class CoreIndex:
             self.K, self.layer = self.K.to(device), self.layer.to(device)
             self.inv_K = self.inv_K.to(device)
 
-        self.buffer: torch.Tensor | None = None  # (2, n): row 0 the cores, row 1 their grads
+        self.buffer: torch.Tensor | None = None  # all cores, contiguous (after flatten_)
 
     def __len__(self) -> int:
         return len(self.cores)
 
     @torch.no_grad()
     def flatten_(self) -> bool:
-        """Re-home every core and its gradient into ``self.buffer``; False if not possible.
+        """Re-home every core into the contiguous ``self.buffer``; False if not possible.
 
         Needs leaf cores of one dtype and device. Afterwards ``core.data`` is a view of
-        ``buffer[0]`` and ``core.grad`` a view of ``buffer[1]``: gradients must then be zeroed
-        in place (see :meth:`zero_grads_`), not set to None, and the model must not be moved
-        (``.to()``) without building a new optimizer.
+        ``buffer`` (the parameter objects, and so the base optimizer's references, are
+        unchanged); the model must not be moved (``.to()``) without building a new optimizer.
+        Gradients stay ordinary tensors: views would make autograd accumulate into them in place,
+        which on CPU costs more per core than gathering them once per step.
         """
         cores = self.cores
         if not cores or any(not c.is_leaf or c.dtype != cores[0].dtype
                             or c.device != cores[0].device for c in cores):
             return False
         numels = [c.numel() for c in cores]
-        buffer = torch.zeros(2, sum(numels), dtype=cores[0].dtype, device=cores[0].device)
-        for c, data, grad in zip(cores, buffer[0].split(numels), buffer[1].split(numels),
-                                 strict=True):
-            data.copy_(c.reshape(-1))
-            if c.grad is not None:
-                grad.copy_(c.grad.reshape(-1))
+        buffer = torch.cat([c.reshape(-1) for c in cores])
+        for c, data in zip(cores, buffer.split(numels), strict=True):
             c.data = data.view_as(c)
-            c.grad = grad.view_as(c)
         self.buffer, self._numels = buffer, numels
-        self._grad_views = [c.grad for c in cores]
         self._lengths = torch.tensor(numels, device=buffer.device)
         self._lengths2 = torch.cat([self._lengths, self._lengths])  # cores, then gradients
         return True
-
-    @property
-    def flat(self) -> bool:
-        """True while the flattened gradient views are still the cores' ``.grad``."""
-        return self.buffer is not None and all(
-            map(operator.is_, (c.grad for c in self.cores), self._grad_views))
-
-    def zero_grads_(self) -> None:
-        """Zero the flattened gradients in place (re-attaching them as the cores' ``.grad`` if
-        something replaced them)."""
-        self.buffer[1].zero_()
-        if not self.flat:
-            for c, g in zip(self.cores, self._grad_views, strict=True):
-                c.grad = g
 
     def per_core(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Split a flat (n,) tensor into per-core views shaped like the cores."""
@@ -113,7 +93,7 @@ class CoreIndex:
 
     def expand(self, x: torch.Tensor) -> torch.Tensor:
         """A per-core vector repeated over each core's elements (flattened layout)."""
-        return x.repeat_interleave(self._lengths, output_size=self.buffer.shape[1])
+        return x.repeat_interleave(self._lengths, output_size=self.buffer.numel())
 
     def layer_sum(self, x: torch.Tensor) -> torch.Tensor:
         """sum_{k in layer l} x_k for every layer l (segment sum)."""
@@ -140,11 +120,12 @@ class CoreIndex:
 
     @torch.no_grad()
     def sq_norms(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(||G_k||_F^2, ||g_k||_F^2) for every core: a segment sum over the flat buffer, or a
-        single ``_foreach_norm`` call when the cores are not flattened."""
-        if self.flat:
-            buf = self.buffer.float() if self.buffer.dtype in LOW_PRECISION else self.buffer
-            sq = torch.segment_reduce(buf.view(-1).square(), "sum", lengths=self._lengths2)
+        """(||G_k||_F^2, ||g_k||_F^2) for every core: one segment sum over the flat cores and
+        their gathered gradients, or one ``_foreach_norm`` call when not flattened."""
+        if self.buffer is not None:
+            flat = torch.cat([self.buffer, *(g.reshape(-1) for g in self.grads())])
+            flat = flat.float() if flat.dtype in LOW_PRECISION else flat
+            sq = torch.segment_reduce(flat.square(), "sum", lengths=self._lengths2)
             return sq[: len(self)], sq[len(self):]
         both = squared_norms(self.cores + self.grads())
         return both[: len(self)], both[len(self):]

@@ -128,9 +128,8 @@ class ScalingOptimizer(WrappedOptimizer):
         self._core_param_group = torch.tensor([group_of[id(c)] for c in self.index.cores])
         self._lr_cache: tuple[tuple, torch.Tensor] | None = None
         self.compensated = compensated
-        if flatten and self.index.flatten_():
-            cores = {id(c) for c in self.index.cores}
-            self._others = [p for p in self.params if id(p) not in cores]
+        if flatten:
+            self.index.flatten_()
         if compensated and len(self.index):
             self._init_residuals()
 
@@ -139,7 +138,7 @@ class ScalingOptimizer(WrappedOptimizer):
         of one flat buffer each when the cores are flattened."""
         idx = self.index
         if idx.buffer is not None:
-            self._flat_residual = torch.zeros_like(idx.buffer[0])
+            self._flat_residual = torch.zeros_like(idx.buffer)
             residual = idx.per_core(self._flat_residual)
         else:
             residual = [torch.zeros_like(c) for c in idx.cores]
@@ -154,18 +153,6 @@ class ScalingOptimizer(WrappedOptimizer):
             for c, r in zip(self.index.cores, loaded, strict=True):
                 if r is not None:
                     self.state[c]["residual"].copy_(r)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        if self.index.buffer is None:
-            return self.base.zero_grad(set_to_none=set_to_none)
-        if set_to_none:  # other parameters as the base would; flattened core gradients stay views
-            for p in self._others:
-                p.grad = None
-        else:
-            grads = [p.grad for p in self._others if p.grad is not None]
-            if grads:
-                torch._foreach_zero_(grads)
-        self.index.zero_grads_()
 
     def learning_rates(self) -> torch.Tensor:
         """The *current* step size eta^(t) of every core (schedulers change it in place)."""
@@ -183,9 +170,9 @@ class ScalingOptimizer(WrappedOptimizer):
         """(cores, lambdas, residuals) as tensor lists: one flat tensor each (lambda expanded to
         the elements) when the cores are flattened, else one entry per core."""
         idx = self.index
-        if idx.buffer is not None and idx.flat:
+        if idx.buffer is not None:
             residual = [self._flat_residual] if self.compensated else []
-            return [idx.buffer[0]], [idx.expand(lam.to(idx.buffer.dtype))], residual
+            return [idx.buffer], [idx.expand(lam.to(idx.buffer.dtype))], residual
         residual = [self.state[c]["residual"] for c in idx.cores] if self.compensated else []
         return idx.cores, list(lam.to(idx.cores[0].dtype).unbind()), residual
 
