@@ -86,3 +86,29 @@ def test_ddp_matches_single_process(name):
     for rank in range(2):
         for p, q in zip(out[rank], reference, strict=True):
             torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+
+
+def test_torchrun_entry_point_matches_single_process(tmp_path):
+    """``torchrun --nproc_per_node 2 train.py`` (gloo) gives the single-process result; rank 0
+    alone writes the run directory."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    args = ["experiment=table1", "optimizer=sam", "steps=30", "log_every=10", "logger=disabled"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def summary(cmd, out):
+        subprocess.run([*cmd, str(root / "train.py"), *args, f"hydra.run.dir={out}"], check=True,
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+        return json.loads((out / "summary.json").read_text())
+
+    single = summary([sys.executable], tmp_path / "single")
+    multi = summary([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                     f"--master_port={_free_port()}"], tmp_path / "multi")
+    assert multi["world_size"] == 2 and single["world_size"] == 1
+    for key in ("r2_heldout", "r2_observed", "train/loss", "norm/Q"):
+        assert multi[key] == pytest.approx(single[key], rel=1e-5), key
+    assert "norm/Tucker/Q" in multi  # layer names as without DDP

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from tensam import distributed
 from tensam.logging import RunLogger
 from tensam.optim import build_optimizer
 from tensam.tasks import build_task
@@ -48,17 +49,21 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     loop = LoopConfig(steps=int(cfg.steps), log_every=int(cfg.log_every),
                       eval_every=int(cfg.eval_every), checkpoint_every=int(cfg.checkpoint_every),
                       precision=str(cfg.precision))
-    device = resolve_device(str(cfg.device))
+    rank, world = distributed.init_from_env()
+    device = distributed.local_device(resolve_device(str(cfg.device)))
     task = build_task(container["task"], container["model"]).to(device)
-    model = task.build_model().to(device)
+    model = distributed.wrap(task.build_model().to(device))
     optimizer = build_optimizer(container["optimizer"], model, total_steps=int(cfg.steps))
     start = load_checkpoint(run_dir / "checkpoint.pt", model, optimizer)
-    logger = RunLogger(run_dir, container, container["logger"].get("wandb"), resume_step=start)
+    logger = (RunLogger(run_dir, container, container["logger"].get("wandb"), resume_step=start)
+              if rank == 0 else None)
     summary = train(task, model, optimizer, loop, run_dir, logger, start_step=start)
     summary["primary_metric"] = task.primary_metric
-    summary["baselines"] = task.baselines() if cfg.get("baselines") else {}
+    summary["baselines"] = task.baselines() if cfg.get("baselines") and rank == 0 else {}
     summary["config"] = container
-    logger.finish(summary)
+    summary["world_size"] = world
+    if logger is not None:
+        logger.finish(summary)
     return summary
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from tensam.cores import core_groups
+from tensam.distributed import unwrap
 from tensam.logging import RunLogger
 from tensam.metrics.norm_dynamics import norm_dynamics
 from tensam.norms import CoreIndex
@@ -37,8 +38,8 @@ PRECISIONS = ("fp32", "bf16")
 
 def save_checkpoint(path: Path, model, optimizer, step: int) -> None:
     buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "rng": torch.get_rng_state()}, buf)
+    torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "step": step, "rng": torch.get_rng_state()}, buf)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(buf.getvalue())
     tmp.replace(path)
@@ -48,7 +49,7 @@ def load_checkpoint(path: Path, model, optimizer) -> int:
     if not path.exists():
         return 0
     state = torch.load(path, weights_only=False)
-    model.load_state_dict(state["model"])
+    unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"])
     return int(state["step"])
@@ -72,10 +73,12 @@ def train_step(task: Task, model, optimizer, batch, precision: str = "fp32"):
     return loss, closure
 
 
-def train(task: Task, model, optimizer, loop: LoopConfig, run_dir: Path, logger: RunLogger,
-          scheduler=None, start_step: int = 0) -> dict:
-    """Train for ``loop.steps`` steps; log loss, metrics and norm dynamics; return the summary."""
-    index = CoreIndex(core_groups(model))
+def train(task: Task, model, optimizer, loop: LoopConfig, run_dir: Path,
+          logger: RunLogger | None, scheduler=None, start_step: int = 0) -> dict:
+    """Train for ``loop.steps`` steps; log loss, metrics and norm dynamics; return the summary.
+
+    ``logger=None`` (non-zero ranks of a distributed run) logs and checkpoints nothing."""
+    index = CoreIndex(core_groups(unwrap(model)))  # layer names as without DDP
     ckpt = Path(run_dir) / "checkpoint.pt"
     two_pass = isinstance(optimizer, TwoPassOptimizer)
     started = time.perf_counter()
@@ -90,9 +93,9 @@ def train(task: Task, model, optimizer, loop: LoopConfig, run_dir: Path, logger:
             scheduler.step()
         if loop.eval_every and (step + 1) % loop.eval_every == 0:
             record = {**(record or {}), **{f"eval/{k}": v for k, v in task.evaluate(model).items()}}
-        if record is not None:
+        if record is not None and logger is not None:
             logger.log(record, step)
-        if loop.checkpoint_every and (step + 1) % loop.checkpoint_every == 0:
+        if logger is not None and loop.checkpoint_every and (step + 1) % loop.checkpoint_every == 0:
             save_checkpoint(ckpt, model, optimizer, step + 1)
     elapsed = time.perf_counter() - started
     final = task.evaluate(model)
@@ -101,7 +104,8 @@ def train(task: Task, model, optimizer, loop: LoopConfig, run_dir: Path, logger:
     q_final = {k: v for k, v in norm_dynamics(index).items() if k.endswith("Q")}
     summary = {**final, "train/loss": final_loss, **q_final, "steps": loop.steps,
                "seconds": elapsed, "seconds_per_step": elapsed / max(loop.steps - start_step, 1)}
-    logger.log({f"eval/{k}": v for k, v in final.items()}, loop.steps)
+    if logger is not None:
+        logger.log({f"eval/{k}": v for k, v in final.items()}, loop.steps)
     return summary
 
 
