@@ -11,7 +11,10 @@ Runs ``experiment=fig1`` (configs/experiment/fig1.yaml) through the shared entry
 and prints a summary table (Q reduction factors, covariance signs) used in
 ``experiments/fig1/README.md``.
 
-    python scripts/reproduce_fig1.py [--out results] [hydra overrides, e.g. optimizer.rho=0.05]
+    python scripts/reproduce_fig1.py [--out results] [--wandb] [hydra overrides, e.g. steps=5000]
+
+With ``--wandb`` every run also goes to W&B (group ``fig1``), where the per-layer
+``norm/<layer>/Q`` and ``norm/<layer>/cov`` panels show Figure 1 as it is drawn.
 """
 
 from __future__ import annotations
@@ -116,7 +119,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--csv-every", type=int, default=10,
                         help="keep every N-th step in fig1.csv (the plot uses every step)")
+    parser.add_argument("--wandb", action="store_true",
+                        help="also log every run to W&B (group fig1; mode from WANDB_MODE)")
     args = parser.parse_args()
+    if not args.wandb:
+        args.overrides = ["logger=disabled", *args.overrides]
     started = time.perf_counter()
     frames, rel_errors = [], {}
     for setting in SETTINGS:
