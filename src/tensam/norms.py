@@ -47,7 +47,7 @@ class CoreIndex:
             device = self.cores[0].device
             self.K, self.layer = self.K.to(device), self.layer.to(device)
             self.inv_K = self.inv_K.to(device)
-
+        self._inv_K_cache: dict[torch.dtype, torch.Tensor] = {}
         self.buffer: torch.Tensor | None = None  # all cores, contiguous (after flatten_)
 
     def __len__(self) -> int:
@@ -86,10 +86,9 @@ class CoreIndex:
 
     def inv_K_as(self, dtype: torch.dtype) -> torch.Tensor:  # noqa: N802 - the paper's K
         """1/K_l for the layer of each core, in ``dtype`` (cached)."""
-        cache = self.__dict__.setdefault("_inv_K_cache", {})
-        if dtype not in cache:
-            cache[dtype] = self.inv_K.to(dtype)
-        return cache[dtype]
+        if dtype not in self._inv_K_cache:
+            self._inv_K_cache[dtype] = self.inv_K.to(dtype)
+        return self._inv_K_cache[dtype]
 
     def expand(self, x: torch.Tensor) -> torch.Tensor:
         """A per-core vector repeated over each core's elements (flattened layout)."""

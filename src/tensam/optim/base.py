@@ -134,8 +134,8 @@ class ScalingOptimizer(WrappedOptimizer):
             self._init_residuals()
 
     def _init_residuals(self) -> None:
-        """Residual (carried rounding error, optimizer state) and scratch buffers per core; views
-        of one flat buffer each when the cores are flattened."""
+        """The residual (carried rounding error) of every core, kept in the optimizer state so it
+        survives a checkpoint; views of one flat buffer when the cores are flattened."""
         idx = self.index
         if idx.buffer is not None:
             self._flat_residual = torch.zeros_like(idx.buffer)
