@@ -8,9 +8,10 @@ from torch import nn
 
 from tensam.optim import SAM, build_optimizer
 from tensam.tasks import build_task
+from tensam.train import CONFIG_DIR
 from tensam.training import train_step
 
-CONFIGS = "/work/main/configs"
+CONFIGS = CONFIG_DIR
 
 
 def loss_at(params, x):

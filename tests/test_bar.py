@@ -11,8 +11,9 @@ from torch import nn
 from tensam.cores import CoreGroup
 from tensam.optim import NBAR, OBAR, build_optimizer
 from tensam.tensorized import Tucker
+from tensam.train import CONFIG_DIR
 
-CONFIGS = "/work/main/configs"
+CONFIGS = CONFIG_DIR
 
 
 class Factorization(nn.Module):

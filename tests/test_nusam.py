@@ -12,9 +12,10 @@ from torch import nn
 from tensam.optim import SAM, NuSAM, build_optimizer
 from tensam.optim.nusam import top_singular_pairs
 from tensam.tasks import build_task
+from tensam.train import CONFIG_DIR
 from tensam.training import train_step
 
-CONFIGS = "/work/main/configs"
+CONFIGS = CONFIG_DIR
 F64 = torch.float64
 
 
