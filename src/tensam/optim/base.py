@@ -83,7 +83,7 @@ class TwoPassOptimizer(WrappedOptimizer):
 
     def perturb_(self, params: list[torch.Tensor], grads: list[torch.Tensor]):
         """w <- w + e in place; returns what :meth:`restore_` needs (here: a copy of w)."""
-        saved = [p.clone() for p in params]
+        saved = torch._foreach_mul(params, 1.0)  # a copy of w (x * 1.0 is exact)
         torch._foreach_add_(params, self.perturbation(params, grads))  # e is freed right away
         return saved
 
@@ -97,7 +97,9 @@ class TwoPassOptimizer(WrappedOptimizer):
             raise RuntimeError(f"{type(self).__name__}.step needs a closure that re-runs backward")
         params = [p for p in self._perturbed if p.grad is not None]
         saved = self.perturb_(params, [p.grad for p in params]) if params else None
-        self.base.zero_grad(set_to_none=False)
+        first_grads = [p.grad for p in self.params if p.grad is not None]
+        if first_grads:  # the second backward must not accumulate onto the first gradient
+            torch._foreach_zero_(first_grads)
         with torch.enable_grad():
             loss = closure()
         if params:
