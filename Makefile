@@ -48,7 +48,7 @@ theory: venv
 	$(PY) scripts/theory.py
 
 reproduce-optimizers: venv
-	$(PY) scripts/compare_optimizers.py
+	$(PY) scripts/compare_optimizers.py --full
 
 reproduce-all: reproduce-table1 reproduce-fig1 reproduce-fig2 theory reproduce-optimizers bench
 
