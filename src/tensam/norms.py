@@ -8,8 +8,8 @@ cores, with no Python loop over parameters.
 On CPU a ``_foreach_*`` op still dispatches once per tensor, so with hundreds of small cores the
 cost grows with their number. :meth:`CoreIndex.flatten_` therefore moves the cores into one
 contiguous buffer (the parameters keep their identity; their ``.data`` becomes a view of it), after
-which norms (with the gradients gathered by one ``torch.cat``) and scalings are a fixed number of
-ops on one buffer, whatever the number of cores.
+which norms (with the gradients gathered by one ``torch.cat`` per distinct core shape) and
+scalings are a fixed number of ops on one buffer, whatever the number of cores.
 """
 
 from __future__ import annotations
@@ -73,8 +73,22 @@ class CoreIndex:
             c.data = data.view_as(c)
         self.buffer, self._numels = buffer, numels
         self._lengths = torch.tensor(numels, device=buffer.device)
-        self._lengths2 = torch.cat([self._lengths, self._lengths])  # cores, then gradients
+        # gradients are gathered by concatenating cores of equal trailing shape along dim 0 (one
+        # cat per shape, no per-core reshape); `_grad_order` lists the cores in that order
+        by_shape: dict[tuple, list[int]] = {}
+        for i, c in enumerate(cores):
+            by_shape.setdefault(tuple(c.shape[1:]) if c.dim() else None, []).append(i)
+        self._grad_groups = list(by_shape.items())
+        order = [i for _, idx in self._grad_groups for i in idx]
+        self._grad_order_inv = torch.argsort(torch.tensor(order, device=buffer.device))
+        self._lengths2 = torch.cat([self._lengths, self._lengths[order]])  # cores, then grads
         return True
+
+    def _gathered_grads(self) -> list[torch.Tensor]:
+        """All core gradients as flat tensors, in ``_grad_groups`` order."""
+        grads = self.grads()
+        return [torch.cat([grads[i] for i in idx]).view(-1) if shape is not None
+                else torch.stack([grads[i] for i in idx]) for shape, idx in self._grad_groups]
 
     def per_core(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Split a flat (n,) tensor into per-core views shaped like the cores."""
@@ -110,8 +124,11 @@ class CoreIndex:
 
     @torch.no_grad()
     def core_sq_norms(self) -> torch.Tensor:
-        """||G_k||_F^2 for every core."""
-        return self.sq_norms()[0]
+        """||G_k||_F^2 for every core (no gradient needed)."""
+        if self.buffer is not None:
+            buf = self.buffer.float() if self.buffer.dtype in LOW_PRECISION else self.buffer
+            return torch.segment_reduce(buf.square(), "sum", lengths=self._lengths)
+        return squared_norms(self.cores)
 
     def grad_sq_norms(self) -> torch.Tensor:
         """||g_k||_F^2 for every core (0 where a core has no gradient)."""
@@ -122,9 +139,9 @@ class CoreIndex:
         """(||G_k||_F^2, ||g_k||_F^2) for every core: one segment sum over the flat cores and
         their gathered gradients, or one ``_foreach_norm`` call when not flattened."""
         if self.buffer is not None:
-            flat = torch.cat([self.buffer, *(g.reshape(-1) for g in self.grads())])
+            flat = torch.cat([self.buffer, *self._gathered_grads()])
             flat = flat.float() if flat.dtype in LOW_PRECISION else flat
             sq = torch.segment_reduce(flat.square(), "sum", lengths=self._lengths2)
-            return sq[: len(self)], sq[len(self):]
+            return sq[: len(self)], sq[len(self):].index_select(0, self._grad_order_inv)
         both = squared_norms(self.cores + self.grads())
         return both[: len(self)], both[len(self):]
