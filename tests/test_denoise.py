@@ -145,3 +145,14 @@ def test_fig1_config_composes():
     assert [c.shape for c in model.cores()] == [(3, 3), (20, 3), (20, 3)]
     optimizer = build_optimizer(opt_cfg, model, total_steps=cfg.steps)
     assert isinstance(optimizer, SAM) and optimizer.param_groups[0]["rho"] == 0.1
+
+
+def test_to_moves_data_and_keeps_the_draws():
+    """``to(device)`` moves T and Y; the noise draws stay the same (CPU generator stream)."""
+    from tensam.tasks.denoise import Tucker2Denoise
+
+    task = Tucker2Denoise(noise=1.0, batching="fresh")
+    before = task.batch(3).clone()
+    task.to(torch.device("cpu"))
+    assert task.target.device.type == task.observed.device.type == task.batch(3).device.type
+    assert torch.equal(task.batch(3), before)

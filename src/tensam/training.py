@@ -82,7 +82,6 @@ def train(task: Task, model, optimizer, loop: LoopConfig, run_dir: Path,
     ckpt = Path(run_dir) / "checkpoint.pt"
     two_pass = isinstance(optimizer, TwoPassOptimizer)
     started = time.perf_counter()
-    step = start_step
     for step in range(start_step, loop.steps):
         loss, closure = train_step(task, model, optimizer, task.batch(step), loop.precision)
         record = None

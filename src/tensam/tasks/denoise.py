@@ -77,12 +77,18 @@ class Tucker2Denoise(Task):
         self.init, self.init_std, self.seed = init, init_std, seed
         self.init_scales, self.dtype = tuple(float(s) for s in init_scales), DTYPES[dtype]
         self.target = low_rank_target(self.shape, target_rank, data_seed, self.dtype)
+        self.device = torch.device("cpu")
         self.observed = self.target + self.noise * self.draw_noise(key=0)  # Y = T + a N_0
+
+    def to(self, device: torch.device) -> Tucker2Denoise:
+        self.device = torch.device(device)
+        self.target, self.observed = self.target.to(device), self.observed.to(device)
+        return self
 
     def draw_noise(self, key: int) -> torch.Tensor:
         """i.i.d. standard Gaussian entries: N_0 for key 0, N_t for key t + 1."""
-        gen = keyed_generator(self.data_seed, key)
-        return torch.randn(self.shape, generator=gen, dtype=self.dtype)
+        gen = keyed_generator(self.data_seed, key)  # CPU stream: same draws on every device
+        return torch.randn(self.shape, generator=gen, dtype=self.dtype).to(self.device)
 
     def build_model(self) -> nn.Module:
         model = Tucker(self.shape, self.rank, init=self.init, seed=self.seed, std=self.init_std,
@@ -98,7 +104,7 @@ class Tucker2Denoise(Task):
         if self.batching == "fresh":
             return self.target + self.noise * self.draw_noise(step + 1)
         gen = keyed_generator(self.data_seed, step + 1)
-        return torch.randint(self.target.numel(), (self.batch_size,), generator=gen)
+        return torch.randint(self.target.numel(), (self.batch_size,), generator=gen).to(self.device)
 
     def loss(self, model: nn.Module, batch=None) -> torch.Tensor:
         """||Phi - Y||_F^2 for the step's sample of f (sum of squared errors)."""
