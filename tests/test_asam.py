@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from tensam.optim import SAM, build_optimizer
-from tensam.tasks import build_task
+from tensam.tasks import build_model, build_task
 from tensam.train import CONFIG_DIR
 from tensam.training import train_step
 
@@ -45,12 +45,11 @@ def test_first_steps_match_adaptive_perturbation(perturb_bias):
         w = [v - lr * gt for v, gt in zip(w, g_tilde, strict=True)]
 
         def closure():
+            opt.zero_grad()
             loss = loss_at(params, x)
             loss.backward()
             return loss
 
-        opt.zero_grad()
-        closure()
         opt.step(closure)
         for p, want in zip(params, w, strict=True):
             torch.testing.assert_close(p.detach(), want, rtol=1e-12, atol=1e-14)
@@ -63,12 +62,11 @@ def test_config_composes_and_builds_on_tucker_completion():
     opt_cfg = section("optimizer")
     assert opt_cfg["method"] == "sam" and opt_cfg["adaptive"] is True
     assert opt_cfg["rho"] == 0.5 and opt_cfg["eta"] == 0.01
-    task = build_task(section("task"), section("model"))
-    model = task.build_model()
+    task = build_task(section("task"))
+    model = build_model(section("model"), task)
     opt = build_optimizer(opt_cfg, model, total_steps=5)
     assert isinstance(opt, SAM) and opt.adaptive and opt.param_groups[0]["rho"] == 0.5
     before = [p.detach().clone() for p in model.parameters()]
-    loss, closure = train_step(task, model, opt, task.batch(0))
-    opt.step(closure)
+    loss = train_step(task, model, opt, task.batch(0))
     assert torch.isfinite(loss)
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))

@@ -1,64 +1,134 @@
-"""Every config composes and builds; bad configs fail with one clear line naming the key."""
+"""Configs mean what the command line says: every experiment x method x base composes and builds
+exactly that method over exactly that base, an experiment's per-method values reach only that
+method, bad values fail in one line, the configs ship in the package, and every command the
+README shows runs."""
 
+import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tensam.optim import build_optimizer
-from tensam.tasks import build_task
+from tensam.optim import DAS, NBAR, OBAR, SAM, NuSAM, build_optimizer
+from tensam.tasks import build_model, build_task
+from tensam.train import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+CONFIGS = Path(CONFIG_DIR)
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 OPTIMIZERS = sorted(p.stem for p in (CONFIGS / "optimizer").glob("*.yaml"))
+BASES = sorted(p.stem for p in (CONFIGS / "optimizer" / "base").glob("*.yaml"))
 SEARCHES = sorted(p.stem for p in (CONFIGS / "hparams_search").glob("*.yaml"))
+#: method config -> the class it must build (plain configs build the base optimizer itself)
+CLASSES = {"sam": SAM, "asam": SAM, "das": DAS, "nbar": NBAR, "obar": OBAR, "nusam": NuSAM}
+TORCH = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+PLAIN = ("sgd", "adam", "adamw")
 
 
-def _compose(overrides):
+def _compose(overrides, hydra=False):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("train", overrides=overrides, return_hydra_config=True)
+        return compose("train", overrides=overrides, return_hydra_config=hydra)
 
 
-def _build(cfg):
-    c = OmegaConf.to_container(cfg, resolve=False)
-    # resolve everything but the hydra node (needs a running app for ${hydra:...})
-    c.pop("hydra")
-    resolved = OmegaConf.to_container(OmegaConf.create(c), resolve=True)
-    task = build_task(resolved["task"], resolved["model"])
-    model = task.build_model()
-    return task, model, build_optimizer(resolved["optimizer"], model, total_steps=10)
+def _resolved(cfg):
+    """The sections a run builds, resolved (the logger's ${hydra:...} needs a running app)."""
+    return {k: OmegaConf.to_container(cfg[k], resolve=True)
+            for k in ("task", "model", "optimizer", "presets")}
+
+
+def _build(c):
+    task = build_task(c["task"])
+    model = build_model(c["model"], task)
+    return model, build_optimizer(c["optimizer"], model, total_steps=10)
+
+
+def test_the_source_tree_configs_are_the_package_configs():
+    assert CONFIGS.is_relative_to(Path(__import__("tensam").__file__).parent)
+    assert (ROOT / "configs").resolve() == CONFIGS.resolve()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'tensam = ["configs/*.yaml", "configs/**/*.yaml"]' in pyproject
+
+
+@pytest.mark.parametrize("experiment", [*EXPERIMENTS, None])
+@pytest.mark.parametrize("method", [m for m in OPTIMIZERS if m not in PLAIN])
+@pytest.mark.parametrize("base", BASES)
+def test_every_experiment_method_and_base_builds_exactly_that(experiment, method, base):
+    overrides = [f"optimizer={method}", f"optimizer/base={base}"]
+    c = _resolved(_compose(([f"experiment={experiment}"] if experiment else []) + overrides))
+    assert c["optimizer"]["base"]["name"] == base
+    try:
+        model, opt = _build(c)
+    except ValueError as err:  # BAR needs K = 2 groups: it must say so, naming K
+        assert method in ("nbar", "obar") and "K = 2" in str(err), err
+        return
+    inner = opt if method == "none" else opt.base
+    assert type(inner) is TORCH[base]
+    if method != "none":
+        assert type(opt) is CLASSES[method]
+    if method == "asam":
+        assert opt.adaptive
+
+
+@pytest.mark.parametrize("experiment", [*EXPERIMENTS, None])
+@pytest.mark.parametrize("plain", PLAIN)
+def test_plain_optimizers_train_themselves_or_refuse(experiment, plain):
+    """``experiment=table1 optimizer=sgd`` trained AdamW on today's main."""
+    c = _resolved(_compose(([f"experiment={experiment}"] if experiment else [])
+                           + [f"optimizer={plain}"]))
+    if c["optimizer"]["base"]["name"] != plain:
+        with pytest.raises(ValueError, match=f"optimizer={plain} trains {plain} alone"):
+            _build(c)
+        return
+    _, opt = _build(c)
+    assert type(opt) is TORCH[plain]
+
+
+def _own(method, key):
+    return _resolved(_compose([f"optimizer={method}"]))["optimizer"][key]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_composes_and_builds(experiment):
+def test_an_experiments_values_reach_only_their_own_method(experiment):
+    """table1 pins SAM rho 0.01 and DAS alpha 0.001; on today's main ASAM got rho 0.01 and nBAR
+    alpha 0.001. Each optimizer config reads only presets.<its name>."""
     cfg = _compose([f"experiment={experiment}"])
-    _build(cfg)
-    assert cfg.steps > 0 and cfg.name
+    presets = _resolved(cfg).get("presets", {})
+    for method, key in (("sam", "rho"), ("asam", "rho"), ("nusam", "rho"), ("das", "alpha"),
+                        ("nbar", "alpha"), ("obar", "alpha")):
+        got = _resolved(_compose([f"experiment={experiment}", f"optimizer={method}"]))
+        want = presets.get(method, {}).get(key, _own(method, key))
+        assert got["optimizer"][key] == want, (method, key)
+    if experiment == "table1":
+        assert presets["sam"]["rho"] == 0.01 and _own("asam", "rho") == 0.5
+    for base in BASES:  # fig1's SGD momentum 0 must not reach Adam
+        got = _resolved(_compose([f"experiment={experiment}", f"optimizer/base={base}",
+                                  "optimizer=none"]))["optimizer"]["base"]
+        own = _resolved(_compose([f"optimizer/base={base}"]))["optimizer"]["base"]
+        assert got == {**own, **presets.get(base, {})}
 
 
-@pytest.mark.parametrize("optimizer", OPTIMIZERS)
-def test_every_optimizer_config_builds(optimizer):
-    cfg = _compose([f"optimizer={optimizer}", "experiment=table1"])
-    try:
-        _build(cfg)
-    except ValueError as err:  # methods restricted to some models must say so clearly
-        assert "optimizer" in str(err) or "K" in str(err) or "group" in str(err), err
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_with_its_hydra_node(experiment):
+    cfg = _compose([f"experiment={experiment}"], hydra=True)
+    assert cfg.name and (cfg.steps > 0 or cfg.epochs)
 
 
 @pytest.mark.parametrize("search", SEARCHES)
 def test_every_search_composes(search):
-    cfg = _compose([f"hparams_search={search}", "experiment=table1"])
+    cfg = _compose([f"hparams_search={search}", "experiment=table1"], hydra=True)
     assert cfg.hydra.sweeper.params
 
 
-def _cli(*overrides):
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides, "steps=2",
-                           "logger=disabled", "hydra.run.dir=" + str(ROOT / "outputs" / "_cli")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+def _cli(*args, cwd=ROOT, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=300,
+                          env={**os.environ, **(env or {})})
 
 
 @pytest.mark.parametrize("overrides, needle", [
@@ -67,16 +137,67 @@ def _cli(*overrides):
     (["optimizer.base.name=rmsprop"], "optimizer.base.name"),
     (["optimizer=das", "optimizer.normalization=both"], "normalization"),
     (["+optimizer.rhoo=0.1"], "rhoo"),
+    (["optimizer=das", "optimizer.alpha=abc"], "optimizer.alpha"),
+    (["steps=abc"], "steps"),
+    (["model.rank=0"], "model.rank"),
+    (["objective=foo"], "objective"),
+    (["experiment=fig1", "optimizer=adam"], "optimizer=adam"),
 ])
-def test_bad_config_fails_with_one_clear_line(overrides, needle):
-    out = _cli(*overrides)
+def test_bad_config_fails_with_one_clear_line(tmp_path, overrides, needle):
+    out = _cli("steps=2", "logger=disabled", f"hydra.run.dir={tmp_path / 'run'}", *overrides)
     assert out.returncode == 2, out.stderr
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, out.stderr
     assert lines[0].startswith("tensam: configuration error:") and needle in lines[0]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
-def test_unknown_optimizer_names_the_options():
-    out = _cli("optimizer=adamax")
-    assert out.returncode != 0
-    assert "optimizer" in out.stderr and "sam" in out.stderr and "das" in out.stderr
+def test_divergence_exits_non_zero_in_one_line(tmp_path):
+    out = _cli("optimizer/base=sgd", "optimizer.base.lr=1e6", "steps=50", "logger=disabled",
+               f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 3
+    assert re.fullmatch(r"tensam: the training loss is \S+ at step \d+: the run diverged .*",
+                        out.stderr.strip())
+
+
+def test_train_py_runs_its_own_clone_not_an_installed_one(tmp_path):
+    """Another tensam first on the path (as an install from another clone would be) must not
+    be what this clone's train.py runs."""
+    fake = tmp_path / "elsewhere" / "tensam"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('the other clone')\n")
+    out = _cli("--cfg", "job", env={"PYTHONPATH": str(fake.parent)}, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "method: none" in out.stdout
+
+
+def _readme_commands():
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    commands = []
+    for block in blocks:
+        for line in block.splitlines():
+            line = line.split("#")[0].strip()
+            if line.startswith("python train.py"):
+                commands.append(shlex.split(line)[2:])
+    return commands
+
+
+def test_the_readme_shows_train_commands():
+    assert len(_readme_commands()) >= 4
+
+
+@pytest.mark.parametrize("args", _readme_commands(), ids=" ".join)
+def test_every_readme_command_runs_cleanly(tmp_path, args):
+    """Each ``python train.py ...`` line of the README, shortened to a few steps (and a
+    two-trial sweep), exits 0 with finite results."""
+    short = ["steps=60", "epochs=null", "logger=disabled", "threads=1"]
+    if "-m" in args:
+        short += [f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.sweeper.n_trials=2"] \
+            if any(a.startswith("hparams_search=") for a in args) else \
+            [f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    else:
+        short.append(f"hydra.run.dir={tmp_path / 'run'}")
+    out = _cli(*args, *short, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "nan" not in out.stdout.lower()

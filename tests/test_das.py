@@ -2,12 +2,11 @@
 
 import pytest
 import torch
-from toys import TwoTucker, WithLoRA, backward, das_lambdas, sq, values
+from toys import TwoTucker, WithLoRA, backward, covid, das_lambdas, sq, values
 
 from tensam.cores import core_groups
 from tensam.optim import DAS, build_optimizer
 from tensam.optim.schedules import scheduled
-from tensam.tasks import build_task
 
 #: lambda is checked against Eq. (9) to float32 accuracy: DAS currently rounds eta and 1/K_l to
 #: float32 even for float64 cores (see test_float64_scale_factors_are_float64_accurate). Any
@@ -236,12 +235,10 @@ def test_das_changes_the_iterates_on_covid_heldout():
     """Table 1 setting (mean loss, AdamW lr 1e-3, alpha 1e-3): lambda ~1e-7..1e-6 must not be
     rounded away; after 300 steps DAS's iterates differ from AdamW's."""
     torch.set_num_threads(1)
-    task = build_task({"name": "tucker_completion", "protocol": "heldout", "split": 0},
-                      {"name": "tucker", "rank": [8, 6, 8], "init": "uniform", "seed": 0})
     base = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01}
     final = {}
     for method in ("none", "das"):
-        model = task.build_model()
+        task, model = covid(protocol="heldout", split=0)
         opt = build_optimizer({"method": method, "alpha": 1e-3, "base": base}, model, 300)
         for _ in range(300):
             opt.zero_grad()

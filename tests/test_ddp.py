@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn import functional as F
 
-from tensam.optim import TwoPassOptimizer, build_optimizer
+from tensam.optim import build_optimizer
 from tensam.tensorized import Tucker
 
 STEPS = 5
@@ -46,15 +46,14 @@ def _data():
 def _train(model, cfg, x, y):
     torch.manual_seed(0)
     optimizer = build_optimizer(cfg, model, total_steps=STEPS)
-    for _ in range(STEPS):
-        def closure():
-            loss = F.mse_loss(model(x), y)
-            loss.backward()
-            return loss
-
+    def closure():
         optimizer.zero_grad()
-        closure()
-        optimizer.step(closure) if isinstance(optimizer, TwoPassOptimizer) else optimizer.step()
+        loss = F.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    for _ in range(STEPS):
+        optimizer.step(closure)
     return [p.detach().clone() for p in model.parameters()]
 
 

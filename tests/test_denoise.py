@@ -6,12 +6,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from toys import denoise, task_closure
 
 from tensam.cores import core_groups
 from tensam.metrics.norm_dynamics import covariance, norm_deviation
 from tensam.norms import CoreIndex
 from tensam.optim import SAM, build_optimizer
-from tensam.tasks import build_task
+from tensam.tasks import build_model, build_task
 from tensam.tasks.denoise import Tucker2Denoise
 from tensam.train import CONFIG_DIR
 from tensam.training import train_step
@@ -24,19 +25,17 @@ def set_cores(model, core, a, b):
 
 
 def test_model_is_a_g_b_transpose():
-    task = Tucker2Denoise(shape=(5, 4), target_rank=2, rank=(3, 2), dtype="float64")
-    model = task.build_model()
+    task, model = denoise(shape=(5, 4), target_rank=2, rank=(3, 2), dtype="float64")
     g, a, b = model.cores()
     torch.testing.assert_close(model(), a @ g @ b.T)
 
 
 @torch.no_grad()
 def test_loss_and_metrics_by_hand():
-    task = Tucker2Denoise(shape=(2, 2), target_rank=1, rank=(1, 1), noise=0.0, dtype="float64")
+    task, model = denoise(shape=(2, 2), target_rank=1, rank=(1, 1), noise=0.0, dtype="float64")
     t = task.target
     assert torch.linalg.matrix_rank(t) == 1
     assert float(t.square().sum()) == pytest.approx(4.0)  # unit RMS: ||T||^2 = numel
-    model = task.build_model()
     set_cores(model, [[0.0]], [[1.0], [0.0]], [[0.0], [1.0]])  # A G B^T = 0
     assert float(task.loss(model)) == pytest.approx(4.0)
     assert task.evaluate(model) == pytest.approx({"rel_error": 1.0, "loss_full": 4.0})
@@ -50,10 +49,9 @@ def test_loss_and_metrics_by_hand():
 
 @torch.no_grad()
 def test_batchings_sample_the_noisy_objective():
-    full = Tucker2Denoise(noise=0.5, batching="full", dtype="float64")
+    full, model = denoise(noise=0.5, batching="full", dtype="float64")
     noise = (full.observed - full.target) / 0.5
     assert float(noise.std()) == pytest.approx(1.0, abs=0.1)
-    model = full.build_model()
     expected = float((model() - full.observed).square().sum())
     assert full.batch(3) is None
     assert float(full.loss(model, None)) == pytest.approx(expected)
@@ -76,16 +74,20 @@ def test_batchings_sample_the_noisy_objective():
 @pytest.mark.parametrize("bad, match", [({"batching": "online"}, "task.batching"),
                                         ({"batching": "entries"}, "task.batch_size"),
                                         ({"noise": -1.0}, "task.noise"),
-                                        ({"rank": (2, 2, 2)}, "model.rank"),
                                         ({"dtype": "half"}, "task.dtype")])
 def test_bad_options_name_the_key(bad, match):
     with pytest.raises(ValueError, match=match):
         Tucker2Denoise(**bad)
 
 
+def test_a_rank_of_the_wrong_order_names_the_key():
+    with pytest.raises(ValueError, match="model.rank"):
+        denoise(rank=(2, 2, 2))
+
+
 def test_init_scales_unbalance_the_cores():
-    balanced = Tucker2Denoise(init_scales=(1.0, 1.0, 1.0)).build_model()
-    scaled = Tucker2Denoise(init_scales=(1.0, 1.0, 3.0)).build_model()
+    balanced = denoise(init_scales=(1.0, 1.0, 1.0))[1]
+    scaled = denoise(init_scales=(1.0, 1.0, 3.0))[1]
     torch.testing.assert_close(scaled.factors[1], 3 * balanced.factors[1])
     q = [norm_deviation(CoreIndex(core_groups(m)).core_sq_norms()) for m in (balanced, scaled)]
     assert q[1] > q[0]
@@ -93,12 +95,12 @@ def test_init_scales_unbalance_the_cores():
 
 def sam_step_rates(seed: int, eta: float, rho: float):
     """One SAM step in float64 on fresh noise (a = 2): measured dQ/dt and 4 rho u K Cov."""
-    task = Tucker2Denoise(noise=2.0, batching="fresh", dtype="float64", seed=seed,
+    task, model = denoise(noise=2.0, batching="fresh", dtype="float64", seed=seed,
                           init_scales=(1.0, 1.0, 3.0))
-    model = task.build_model()
     index = CoreIndex(core_groups(model))
     opt = SAM(torch.optim.SGD(model.parameters(), lr=eta), rho=rho)
-    _, closure = train_step(task, model, opt, task.batch(0))
+    closure = task_closure(task, model, task.batch(0))
+    closure()  # the gradient at w, as SAM's first pass sees it
     sq_core, sq_grad = index.core_sq_norms(), index.grad_sq_norms()
     q0 = norm_deviation(sq_core)
     predicted = 4 * rho * sq_grad.sum().rsqrt() * 3 * covariance(sq_core, sq_grad)
@@ -118,14 +120,12 @@ def test_sam_reduces_q_faster_than_sgd_on_noisy_data(seed):
     """Fresh noise a = 2, same batches, rho >> lr ||g||: Q_SAM < 0.8 Q_SGD and Q_SGD < Q_0."""
     finals, base = {}, {"name": "sgd", "lr": 1e-3}
     for cfg in ({"method": "none", "base": base}, {"method": "sam", "rho": 0.4, "base": base}):
-        task = Tucker2Denoise(noise=2.0, batching="fresh", init_scales=(1.0, 1.0, 3.0), seed=seed)
-        model = task.build_model()
+        task, model = denoise(noise=2.0, batching="fresh", init_scales=(1.0, 1.0, 3.0), seed=seed)
         index = CoreIndex(core_groups(model))
         q0 = float(norm_deviation(index.core_sq_norms()))
         opt = build_optimizer(cfg, model)
         for step in range(400):
-            _, closure = train_step(task, model, opt, task.batch(step))
-            opt.step(closure) if cfg["method"] == "sam" else opt.step()
+            train_step(task, model, opt, task.batch(step))
         finals[cfg["method"]] = float(norm_deviation(index.core_sq_norms()))
     assert finals["sam"] < 0.8 * finals["none"] and finals["none"] < q0
 
@@ -137,11 +137,12 @@ def test_fig1_config_composes():
     container = OmegaConf.to_container(cfg, resolve=True)
     opt_cfg = container["optimizer"]
     assert opt_cfg["base"] == {"name": "sgd", "lr": 2.5e-4, "momentum": 0.0,
-                               "weight_decay": 0.0}
-    task = build_task(container["task"], container["model"])
+                               "weight_decay": 0.0, "nesterov": False}
+    task = build_task(container["task"])
     assert isinstance(task, Tucker2Denoise)
-    assert task.noise == 2.0 and task.batching == "fresh" and task.init_scales == (1.0, 1.0, 3.0)
-    model = task.build_model()
+    assert task.noise == 2.0 and task.batching == "fresh"
+    model = build_model(container["model"], task)
+    torch.testing.assert_close(model.factors[1], 3 * denoise(seed=0)[1].factors[1])
     assert [c.shape for c in model.cores()] == [(3, 3), (20, 3), (20, 3)]
     optimizer = build_optimizer(opt_cfg, model, total_steps=cfg.steps)
     assert isinstance(optimizer, SAM) and optimizer.param_groups[0]["rho"] == 0.1

@@ -6,19 +6,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from toys import covid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import reproduce_fig2 as fig2  # noqa: E402
 
 from tensam.cores import core_groups  # noqa: E402
-from tensam.tasks.completion import TuckerCompletion  # noqa: E402
 
 TS = np.linspace(-0.2, 0.2, 9)
 
 
 def rescaled_copy(task, model, scales):
     """The same Tucker map with G_k -> c_k G_k (prod_k c_k = 1)."""
-    twin = task.build_model()
+    twin = covid(rank=(3, 2, 3))[1]
     twin.load_state_dict(model.state_dict())
     with torch.no_grad():
         for core, c in zip(twin.cores(), scales, strict=True):
@@ -28,8 +28,7 @@ def rescaled_copy(task, model, scales):
 
 @pytest.fixture(scope="module")
 def setup():
-    task = TuckerCompletion(rank=(3, 2, 3))
-    model = task.build_model()
+    task, model = covid(rank=(3, 2, 3))
     return task, model, rescaled_copy(task, model, (4.0, 0.5, 0.25, 2.0))
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from tensam.optim import SAM, NuSAM, build_optimizer
 from tensam.optim.nusam import top_singular_pairs
-from tensam.tasks import build_task
+from tensam.tasks import build_model, build_task
 from tensam.train import CONFIG_DIR
 from tensam.training import train_step
 
@@ -48,10 +48,11 @@ def test_warm_start_is_kept_in_optimizer_state():
     A = known_matrix()
     W = nn.Parameter(torch.zeros_like(A))
     opt = NuSAM(torch.optim.SGD([W], lr=0.0), rho=0.1)
-    closure = lambda: (A * W).sum().backward()  # noqa: E731
-    for _ in range(60):
+    def closure():
         opt.zero_grad()
-        closure()
+        (A * W).sum().backward()
+
+    for _ in range(60):
         opt.step(closure)
     U, _, _ = torch.linalg.svd(A)
     u = opt.state[W]["u"]
@@ -105,7 +106,8 @@ def test_first_steps_match_algorithm_1(normalized, restore):
     seen = {}
 
     def closure():
-        seen["at"] = [p.detach().clone() for p in net.parameters()]
+        opt.zero_grad()
+        seen["at"] = [p.detach().clone() for p in net.parameters()]  # the second call's stays
         loss = net()
         loss.backward()
         return loss
@@ -117,8 +119,6 @@ def test_first_steps_match_algorithm_1(normalized, restore):
         e1, e2 = hand_ascent(g[:2], warm, rho, normalized)
         perturbed = [params[0] + e1, params[1] + e2, params[2]]  # the bias is not perturbed
         g_tilde = grads_at(net, perturbed)
-        opt.zero_grad()
-        net().backward()
         opt.step(closure)
         for got, want in zip(seen["at"], perturbed, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
@@ -141,10 +141,10 @@ def test_inplace_restore_is_within_one_rounding_per_addition(dtype, unit_roundof
     seen = {}
 
     def closure():
-        seen["perturbed"] = W.detach().clone()
+        opt.zero_grad()
+        seen["perturbed"] = W.detach().clone()  # the second call's value stays
         return (G * W).sum().backward()
 
-    closure()
     opt.step(closure)
     after, perturbed = W.detach(), seen["perturbed"]
     assert (perturbed - before).abs().max() > 0.1  # applied; |e| >> |w| where |w| ~ 1e-10
@@ -159,8 +159,10 @@ def test_copy_restore_is_bit_exact():
     before = W.detach().clone()
     opt = NuSAM(torch.optim.SGD([W], lr=0.0), rho=5.0, restore="copy")
     G = torch.randn(30, 20, generator=gen)
-    closure = lambda: (G * W).sum().backward()  # noqa: E731
-    closure()
+    def closure():
+        opt.zero_grad()
+        (G * W).sum().backward()
+
     opt.step(closure)
     assert torch.equal(W.detach(), before)
 
@@ -172,11 +174,11 @@ def test_zero_gradient_matrix_is_not_perturbed_and_keeps_warm_start():
     seen = {}
 
     def closure():
-        seen["Z"] = Z.detach().clone()
+        opt.zero_grad()
+        seen["Z"] = Z.detach().clone()  # the second call's value stays
         return (W.sum() + 0.0 * Z.sum()).backward()
 
     z0 = Z.detach().clone()
-    closure()
     opt.step(closure)
     assert torch.equal(seen["Z"], z0) and torch.equal(opt.state[Z]["u"], warm_z)
     assert not torch.equal(opt.state[W]["u"], torch.zeros(4, dtype=F64))
@@ -217,12 +219,14 @@ def extra_bytes(make_opt, net) -> tuple[int, int]:
     persistent = sum(t.untyped_storage().nbytes() for s in opt.state.values()
                      for t in s.values() if torch.is_tensor(t))
     net().backward()
-    # gradients get a Python object (visible to gc) only when accessed: exclude them explicitly
-    before = {**live_storages(), **{p.grad.untyped_storage().data_ptr(): 0
-                                    for p in net.parameters()}}
+    # gradients are freed between the passes and their memory may be reused: what stays
+    # from before the step is everything but the gradients
+    grads = {p.grad.untyped_storage().data_ptr() for p in net.parameters()}
+    before = {ptr for ptr in live_storages() if ptr not in grads}
     held = {}
 
     def closure():
+        opt.zero_grad()  # the gradients are gone: what is live beyond `before` is the method's
         held["bytes"] = sum(n for p, n in live_storages().items() if p not in before)
         loss = net()
         loss.backward()
@@ -256,13 +260,12 @@ def test_config_composes_and_builds_on_tucker_completion():
         cfg = compose("train", overrides=["optimizer=nusam"])
     section = lambda key: OmegaConf.to_container(cfg[key], resolve=True)  # noqa: E731
     assert section("optimizer")["rho"] == 0.05 and section("optimizer")["restore"] == "inplace"
-    task = build_task(section("task"), section("model"))
-    model = task.build_model()
+    task = build_task(section("task"))
+    model = build_model(section("model"), task)
     opt = build_optimizer(section("optimizer"), model, total_steps=5)
     assert isinstance(opt, NuSAM) and opt.power_iterations == 1
     assert len(opt._perturbed) == 3  # the three Tucker factors; the 3-D core is not a matrix
     before = [p.detach().clone() for p in model.parameters()]
-    loss, closure = train_step(task, model, opt, task.batch(0))
-    opt.step(closure)
+    loss = train_step(task, model, opt, task.batch(0))
     assert torch.isfinite(loss)
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))

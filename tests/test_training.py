@@ -1,17 +1,31 @@
-"""End to end: a short COVID completion run, its files, checkpoint/resume, configuration errors."""
+"""End to end through ``tensam.train.run``: files, resume under a fingerprint, divergence,
+errors, and the loop's seams (loaders, schedulers, BatchNorm under SAM, accumulation, clipping).
+"""
 
 import json
-import re
+import math
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from torch import nn
+from toys import covid
 
+from tensam.config import ConfigError
 from tensam.logging import RunLogger
-from tensam.optim import BASES, METHODS, build_optimizer
-from tensam.tasks import build_task
+from tensam.optim import SAM, build_optimizer
+from tensam.schedulers import build_scheduler
 from tensam.train import CONFIG_DIR, run
-from tensam.training import LoopConfig, load_checkpoint, train
+from tensam.training import (
+    CheckpointError,
+    DivergenceError,
+    LoopConfig,
+    frozen_batchnorm,
+    make_closure,
+    read_checkpoint,
+    restore,
+    train,
+)
 
 
 def _cfg(*overrides):
@@ -23,11 +37,16 @@ def _records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def _strict_json(path):
+    def refuse(name):
+        raise AssertionError(f"{path.name} holds a bare {name}")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
 def test_completion_run_beats_the_mean_predictor_and_writes_its_files(tmp_path):
     steps = 1500
     summary = run(_cfg(f"steps={steps}", "log_every=500", "optimizer.base.lr=0.01"), tmp_path)
-    task = build_task({"name": "tucker_completion", "protocol": "heldout", "split": 0},
-                      {"name": "tucker", "rank": [8, 6, 8]})
+    task, _ = covid(protocol="heldout", split=0)
     observed_mean = task.target[task.mask].mean()
     mean_scores = task.scores(torch.full_like(task.target, observed_mean.item()))
     zero_scores = task.scores(torch.zeros_like(task.target))
@@ -42,27 +61,51 @@ def test_completion_run_beats_the_mean_predictor_and_writes_its_files(tmp_path):
         assert {"train/loss", "norm/Q", "norm/cov", "norm/Tucker/Q"} <= set(r)
     assert records[2]["train/loss"] < 0.1 * records[0]["train/loss"]
     assert records[-1]["eval/r2_heldout"] == summary["r2_heldout"]
-    written = json.loads((tmp_path / "summary.json").read_text())
+    written = _strict_json(tmp_path / "summary.json")
     assert written == json.loads(json.dumps(summary))
-    assert written["steps"] == steps and written["config"]["optimizer"]["method"] == "none"
+    assert written["status"] == "finished" and written["steps"] == steps
+    assert written["config"]["optimizer"]["method"] == "none"
 
 
 def _state(run_dir):
     return torch.load(run_dir / "checkpoint.pt", weights_only=False)
 
 
+class KilledError(Exception):
+    pass
+
+
+def _killed_after_checkpoint(monkeypatch, cfg, run_dir, step):
+    """Run ``cfg`` into ``run_dir`` and stop it right after its checkpoint at ``step``, as a
+    kill would: the checkpoint and the log so far stay, no summary is written."""
+    from tensam import training
+
+    original = training.save_checkpoint
+
+    def save_then_die(path, model, optimizer, state, *args, **kwargs):
+        original(path, model, optimizer, state, *args, **kwargs)
+        if path.name == "checkpoint.pt" and state.step == step:
+            raise KilledError
+
+    with monkeypatch.context() as m:
+        m.setattr(training, "save_checkpoint", save_then_die)
+        with pytest.raises(KilledError):
+            run(cfg, run_dir)
+    assert not (run_dir / "summary.json").exists()
+
+
 @pytest.mark.parametrize("optimizer", [
     ["optimizer=adam"],
-    ["optimizer=das", "optimizer.alpha=0.05"],
-    ["optimizer=sam", "optimizer.rho=0.05"],
+    ["optimizer=das", "optimizer.alpha=0.05", "optimizer.alpha_schedule=linear"],
+    ["optimizer=sam", "optimizer.rho=0.05", "scheduler=cosine"],
 ])
-def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path, optimizer):
-    common = ["checkpoint_every=20", "log_every=5", "optimizer.base.lr=0.01", *optimizer]
+def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, optimizer):
+    cfg = _cfg("checkpoint_every=20", "log_every=5", "optimizer.base.lr=0.01", "steps=40",
+               *optimizer)
     whole, split = tmp_path / "whole", tmp_path / "split"
-    expected = run(_cfg("steps=40", *common), whole)
-    run(_cfg("steps=20", *common), split)  # "interrupted" after the first checkpoint
-    assert _state(split)["step"] == 20
-    resumed = run(_cfg("steps=40", *common), split)
+    expected = run(cfg, whole)
+    _killed_after_checkpoint(monkeypatch, cfg, split, 20)
+    resumed = run(cfg, split)
     a, b = _state(whole), _state(split)
     assert a["step"] == b["step"] == 40
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
@@ -72,48 +115,283 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path, optimize
         {k: v for k, v in expected.items() if k not in timing}
 
 
-def test_resume_keeps_the_alpha_schedule_position(tmp_path):
-    """A linear alpha schedule must continue from the checkpointed step, not restart at alpha_0."""
-    task = build_task({"name": "tucker_completion", "protocol": "heldout", "split": 0},
-                      {"name": "tucker", "rank": [4, 3, 4], "init": "uniform", "seed": 0})
-    steps, opt_cfg = 40, {"method": "das", "alpha": 0.5, "alpha_schedule": "linear",
-                          "base": {"name": "adam", "lr": 1e-2}}
+def test_wall_time_adds_up_across_resumes(tmp_path, monkeypatch):
+    cfg = _cfg("steps=40", "checkpoint_every=20", "log_every=0")
+    _killed_after_checkpoint(monkeypatch, cfg, tmp_path, 20)
+    ckpt = _state(tmp_path)
+    ckpt["seconds"] = 1000.0  # as if the first session had trained for 1000 s
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    summary = run(cfg, tmp_path)
+    assert 1000.0 < summary["seconds"] < 1100.0
 
-    def fresh():
-        model = task.build_model()
-        return model, build_optimizer(opt_cfg, model, total_steps=steps)
 
-    def loop(n):
-        return LoopConfig(steps=n, log_every=10, checkpoint_every=steps // 2)
+@pytest.mark.parametrize("change, keys", [
+    ("seed=4", ["seed", "model.seed", "task.split"]),
+    ("steps=1000", ["steps"]),
+    ("optimizer.base.lr=0.02", ["optimizer.base.lr"]),
+])
+def test_resuming_under_other_settings_is_refused_naming_the_keys(tmp_path, change, keys):
+    """Today's main continued the old model under seed=4 / steps=1000 and exited 0."""
+    run(_cfg("steps=20", "checkpoint_every=10"), tmp_path)
+    (tmp_path / "summary.json").unlink()  # as if killed after the last checkpoint
+    with pytest.raises(CheckpointError, match="other settings") as err:
+        run(_cfg("steps=20", "checkpoint_every=10", change), tmp_path)
+    for key in keys:
+        assert key in str(err.value)
+    assert len(str(err.value).splitlines()) == 1
 
-    def logger(run_dir, start=0):
-        return RunLogger(run_dir, wandb_cfg={"mode": "disabled"}, resume_step=start)
 
-    model, opt = fresh()
-    train(task, model, opt, loop(steps), tmp_path / "a", logger(tmp_path / "a"))
-    first, first_opt = fresh()
-    train(task, first, first_opt, loop(steps // 2), tmp_path / "b", logger(tmp_path / "b"))
-    second, second_opt = fresh()
-    start = load_checkpoint(tmp_path / "b" / "checkpoint.pt", second, second_opt)
-    assert start == steps // 2
-    train(task, second, second_opt, loop(steps), tmp_path / "b", logger(tmp_path / "b", start),
-          start_step=start)
-    pairs = zip(model.parameters(), second.parameters(), strict=True)
-    assert all(torch.equal(p, q) for p, q in pairs)
+def test_a_finished_run_is_not_trained_again_but_other_settings_are_refused(tmp_path):
+    first = run(_cfg("steps=20"), tmp_path)
+    mtime = (tmp_path / "summary.json").stat().st_mtime_ns
+    assert run(_cfg("steps=20"), tmp_path) == json.loads(json.dumps(first))
+    assert (tmp_path / "summary.json").stat().st_mtime_ns == mtime
+    with pytest.raises(CheckpointError, match=r"steps: 20 -> 30"):
+        run(_cfg("steps=30"), tmp_path)
+    again = run(_cfg("steps=30", "resume=never"), tmp_path)
+    assert again["steps"] == 30 and [r["step"] for r in _records(tmp_path)] == [0, 30]
+
+
+def test_checkpoint_every_zero_does_not_load_a_checkpoint_of_another_run(tmp_path):
+    run(_cfg("steps=20", "checkpoint_every=10", "seed=1"), tmp_path)
+    (tmp_path / "summary.json").unlink()
+    with pytest.raises(CheckpointError):
+        run(_cfg("steps=20", "checkpoint_every=0", "seed=2"), tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated"])
+def test_a_damaged_checkpoint_gets_one_line_naming_the_file(tmp_path, content):
+    (tmp_path / "checkpoint.pt").write_bytes(content)
+    with pytest.raises(CheckpointError) as err:
+        run(_cfg("steps=10", "checkpoint_every=5"), tmp_path)
+    message = str(err.value)
+    assert str(tmp_path / "checkpoint.pt") in message and len(message.splitlines()) == 1
+    assert "resume=never" in message
+
+
+def test_resume_must_needs_a_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="resume=must"):
+        run(_cfg("steps=10", "resume=must"), tmp_path)
+
+
+def test_divergence_stops_the_run_with_a_valid_summary(tmp_path):
+    """Today's main trained on with NaN and wrote a summary with bare NaN, exiting 0."""
+    with pytest.raises(DivergenceError, match=r"at step \d+") as err:
+        run(_cfg("optimizer/base=sgd", "optimizer.base.lr=0.03", "steps=200", "log_every=50",
+                 "checkpoint_every=2"), tmp_path)
+    summary = _strict_json(tmp_path / "summary.json")
+    assert summary["status"] == "diverged" and summary["diverged_at_step"] == err.value.step
+    assert 2 < err.value.step < 30 and summary["r2_heldout"] is None
+    records = [json.loads(line, parse_constant=lambda c: pytest.fail(c))
+               for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["diverged"] is True
+    ckpt = read_checkpoint(tmp_path / "checkpoint.pt")  # the last finite state, never NaN
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["optimizer.method=lion"],
-     re.escape(f"optimizer.method='lion' is not one of {sorted(METHODS)}")),
+    (["optimizer.method=lion"], r"optimizer.method='lion' is not one of"),
     (["optimizer=sam", "optimizer.rho=-0.1"], r"rho must be > 0, got -0\.1"),
-    (["model.rank=[8,6,8,2]"],
-     r"model\.rank=\[8, 6, 8, 2\] has 4 entries but the tensor has order 3"),
-    (["optimizer.base.name=rmsprop"],
-     re.escape(f"optimizer.base.name='rmsprop' is not one of {sorted(BASES)}")),
+    (["model.rank=[8,6,8,2]"], r"model\.rank=\[8, 6, 8, 2\] must be 3 positive integers"),
+    (["model.rank=0"], r"model\.rank=0 must be 3 positive integers"),
+    (["optimizer.base.name=rmsprop"], r"optimizer.base.name='rmsprop' is not one of"),
     (["optimizer=das", "optimizer.normalization=batch"], r"normalization='batch' is not one of"),
+    (["optimizer=das", "optimizer.alpha=abc"], r"optimizer.alpha='abc' must be a number"),
+    (["optimizer.base.lr=abc"], r"optimizer.base.lr='abc' must be a number"),
     (["+optimizer.gamma=1"], r"unknown optimizer key\(s\) \['gamma'\]"),
+    (["steps=abc"], r"steps='abc' must be an integer"),
+    (["steps=-1"], r"steps=-1 must be >= 0"),
+    (["checkpoint_every=-5"], r"checkpoint_every=-5 must be >= 0"),
+    (["log_every=-1"], r"log_every=-1 must be >= 0"),
+    (["threads=-2"], r"threads=-2 must be >= 1"),
+    (["objective=foo"], r"objective='foo' is not a metric"),
+    (["resume=maybe"], r"resume='maybe' is not one of"),
+    (["precision=fp16"], r"precision='fp16' is not one of"),
+    (["scheduler=step", "scheduler.warmup_steps=50", "steps=10"], r"scheduler.warmup_steps=50"),
+    (["experiment=table1", "optimizer=sgd"], r"optimizer=sgd trains sgd alone"),
 ])
 def test_bad_configs_raise_before_anything_is_written(tmp_path, overrides, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         run(_cfg("steps=5", *overrides), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_runtime_value_error_is_not_called_a_configuration_error(tmp_path, monkeypatch):
+    from tensam.tasks import TuckerCompletion
+
+    calls = []
+
+    def failing_loss(self, model, batch=None):
+        calls.append(1)
+        if len(calls) > 3:
+            raise ValueError("boom inside training")
+        return ((model() - self.target).square() * self.weight).sum()
+
+    monkeypatch.setattr(TuckerCompletion, "loss", failing_loss)
+    with pytest.raises(ValueError, match="boom") as err:
+        run(_cfg("steps=10"), tmp_path)
+    assert not isinstance(err.value, ConfigError)
+
+
+# -- loop seams -------------------------------------------------------------------------------
+
+def test_minibatch_task_trains_with_loaders_epochs_and_keeps_the_best(tmp_path):
+    summary = run(_cfg("experiment=blobs", "epochs=4", "checkpoint_every=0"), tmp_path)
+    assert summary["steps"] == 4 * 16 and summary["accuracy"] > 0.7
+    evals = [r for r in _records(tmp_path) if "eval/accuracy" in r]
+    assert len(evals) == 5  # every epoch, and the final evaluation
+    best = max(r["eval/accuracy"] for r in evals[:-1])
+    assert summary["best/accuracy"] == best
+    ckpt = read_checkpoint(tmp_path / "best.pt")
+    assert ckpt["best"] == best and ckpt["step"] == summary["best/step"]
+
+
+def test_minibatch_resume_sees_the_batches_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    cfg = _cfg("experiment=blobs", "epochs=3", "checkpoint_every=24", "optimizer=sam")
+    whole = run(cfg, tmp_path / "whole")
+    _killed_after_checkpoint(monkeypatch, cfg, tmp_path / "split", 24)  # mid-epoch 2 of 16 steps
+    split = run(cfg, tmp_path / "split")
+    assert split["accuracy"] == whole["accuracy"] and split["loss"] == whole["loss"]
+
+
+def test_cosine_schedule_is_what_das_reads_as_eta():
+    task, model = covid(rank=(4, 3, 4))
+    opt = build_optimizer({"method": "das", "alpha": 0.5, "base": {"name": "sgd", "lr": 0.1}},
+                          model, total_steps=10)
+    sched = build_scheduler({"name": "cosine", "warmup_steps": 2, "min_factor": 0.0}, opt, 10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        assert float(opt.learning_rates()[0]) == lrs[-1]
+        opt.step(make_closure(task, model, opt, [None], LoopConfig(1)))
+        sched.step()
+    assert lrs[:2] == pytest.approx([0.05, 0.1])  # linear warm-up
+    assert lrs[2:] == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * t / 8))
+                                     for t in range(8)])
+
+
+@pytest.mark.parametrize("name, expect", [
+    ("step", [1, 1, 1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01]),
+    ("linear", [1 - t / 10 for t in range(10)]),
+])
+def test_schedules_by_hand(name, expect):
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = build_scheduler({"name": name}, opt, 10)
+    got = []
+    for _ in range(10):
+        got.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert got == pytest.approx(expect)
+
+
+def test_onecycle_rises_then_decays():
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = build_scheduler({"name": "onecycle", "pct_start": 0.3, "div_factor": 25.0,
+                             "final_div_factor": 1e4}, opt, 100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1 / 25) and max(lrs) == pytest.approx(1.0)
+    assert lrs.index(max(lrs)) == 30 and lrs[-1] < 1e-3
+
+
+class _BNNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.bn, self.head = nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.lin(x))))
+
+
+class _Regression:
+    metrics = {}
+
+    def loss(self, model, batch):
+        x, y = batch
+        return (model(x) - y).square().mean()
+
+
+def test_sams_second_pass_leaves_batchnorm_statistics_alone():
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    model, reference = _BNNet(), _BNNet()
+    opt = SAM(torch.optim.SGD(model.parameters(), lr=0.0), rho=0.5)
+    opt.step(make_closure(_Regression(), model, opt, [(x, y)], LoopConfig(1)))
+    reference(x)  # one forward in train mode: what the statistics must show
+    assert torch.equal(model.bn.running_mean, reference.bn.running_mean)
+    assert torch.equal(model.bn.running_var, reference.bn.running_var)
+    assert int(model.bn.num_batches_tracked) == 1
+    with frozen_batchnorm(model):
+        model(x * 3)
+    assert torch.equal(model.bn.running_mean, reference.bn.running_mean)
+    assert model.bn.track_running_stats
+
+
+@pytest.mark.parametrize("method", ["none", "sam", "das"])
+def test_gradient_accumulation_equals_the_full_batch(method):
+    """Two half batches with grad_accumulation=2 give the full batch's step, for both passes."""
+    torch.manual_seed(1)
+    x, y = torch.randn(16, 4, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            gen = torch.Generator().manual_seed(0)
+            self.a = nn.Parameter(torch.randn(4, 3, generator=gen, dtype=torch.float64))
+            self.b = nn.Parameter(torch.randn(3, 1, generator=gen, dtype=torch.float64))
+
+        def cores(self):
+            return (self.a, self.b)
+
+        def forward(self, x):
+            return torch.tanh(x @ self.a) @ self.b
+
+    cfg = {"method": method, "rho": 0.2, "alpha": 0.5, "base": {"name": "sgd", "lr": 0.1}}
+    full, acc = Net(), Net()
+    opt_full, opt_acc = build_optimizer(cfg, full), build_optimizer(cfg, acc)
+    for _ in range(3):
+        opt_full.step(make_closure(_Regression(), full, opt_full, [(x, y)], LoopConfig(1)))
+        halves = [(x[:8], y[:8]), (x[8:], y[8:])]
+        opt_acc.step(make_closure(_Regression(), acc, opt_acc, halves,
+                                  LoopConfig(1, grad_accumulation=2)))
+    for p, q in zip(full.parameters(), acc.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+
+
+def test_gradient_clipping_bounds_the_update():
+    model = nn.Linear(3, 1, bias=False)
+    nn.init.zeros_(model.weight)
+
+    class Task:
+        metrics = {}
+
+        def loss(self, model, batch):
+            return model(torch.tensor([300.0, 400.0, 0.0])).sum()  # gradient norm 500
+
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    opt.step(make_closure(Task(), model, opt, [None], LoopConfig(1, grad_clip=1.0)))
+    torch.testing.assert_close(model.weight.detach(), torch.tensor([[-0.6, -0.8, 0.0]]))
+
+
+def test_restore_puts_back_scheduler_and_rng(tmp_path):
+    task, model = covid(rank=(4, 3, 4))
+    opt = build_optimizer({"method": "none", "base": {"name": "sgd", "lr": 0.1}}, model)
+    sched = build_scheduler({"name": "cosine"}, opt, 20)
+    loop = LoopConfig(10, log_every=0, checkpoint_every=10)
+    logger = RunLogger(tmp_path, wandb_cfg={"mode": "disabled"})
+    train(task, model, opt, loop, tmp_path, logger, sched)
+    torch.rand(3)  # move the RNG on
+    _, twin = covid(rank=(4, 3, 4))
+    opt2 = build_optimizer({"method": "none", "base": {"name": "sgd", "lr": 0.1}}, twin)
+    sched2 = build_scheduler({"name": "cosine"}, opt2, 20)
+    state = restore(read_checkpoint(tmp_path / "checkpoint.pt"), twin, opt2, sched2)
+    assert state.step == 10 and sched2.last_epoch == 10
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters(),
+                                                 strict=True))

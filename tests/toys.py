@@ -84,7 +84,10 @@ def backward(model: nn.Module) -> torch.Tensor:
 
 
 def closure_for(model: nn.Module):
+    """torch's closure: zero the gradients, forward, backward, return the loss."""
+
     def closure():
+        model.zero_grad(set_to_none=True)
         loss = model()
         loss.backward()
         return loss
@@ -113,3 +116,34 @@ def das_lambdas(groups, grads, lrs, alpha: float, normalization: str) -> list[li
         out.append([0.0 if sq(c) == 0 else eta * alpha * u * (gk - gbar) / sq(c)
                     for c, gk in zip(cores, gsq, strict=True)])
     return out
+
+
+def task_closure(task, model: nn.Module, batch=None):
+    """torch's closure for ``task.loss`` on one batch."""
+
+    def closure():
+        model.zero_grad(set_to_none=True)
+        loss = task.loss(model, batch)
+        loss.backward()
+        return loss
+
+    return closure
+
+
+def denoise(rank=(3, 3), seed: int = 0, std: float = 0.3, init_scales=(1.0, 1.0, 1.0), **task):
+    """The Figure 1 task and its Tucker-2 model (``configs/model/tucker2.yaml`` by hand)."""
+    from tensam.tasks import Tucker2Denoise
+    from tensam.tensorized import Tucker
+
+    t = Tucker2Denoise(**task)
+    return t, Tucker(t.shape, rank, init="normal", seed=seed, std=std, dtype=t.dtype,
+                     scales=init_scales)
+
+
+def covid(rank=(8, 6, 8), seed: int = 0, init: str = "uniform", **task):
+    """The Table 1 task and its Tucker model (``configs/model/tucker.yaml`` by hand)."""
+    from tensam.tasks import TuckerCompletion
+    from tensam.tensorized import Tucker
+
+    t = TuckerCompletion(rank=rank, seed=seed, **task)
+    return t, Tucker(t.data.shape, rank, init=init, seed=seed)

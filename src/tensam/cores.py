@@ -6,9 +6,10 @@ A module takes part by implementing a single method::
 
     def cores(self) -> Sequence[torch.Tensor]: ...
 
-returning its K cores in a fixed order. Nothing else is required: optimizers (DAS, BAR) and
-metrics (Norm Deviation Q, Cov) find "the cores of each layer" through :func:`core_groups` and
-never look at the factorization.
+returning its K cores in a fixed order, or, the common idiom, holds them in an attribute
+``self.cores = nn.ParameterList([...])`` (a sequence of parameters instead of a method). Nothing
+else is required: optimizers (DAS, BAR) and metrics (Norm Deviation Q, Cov) find "the cores of
+each layer" through :func:`core_groups` and never look at the factorization.
 """
 
 from __future__ import annotations
@@ -26,6 +27,24 @@ class Factorized(Protocol):
     """A module whose weight is a multilinear function of its cores (scale-invariant, Eq. 1)."""
 
     def cores(self) -> Sequence[torch.Tensor]: ...
+
+
+def cores_of(module: nn.Module) -> tuple[torch.Tensor, ...] | None:
+    """The cores a module exposes: ``module.cores()``, or the parameters of a ``cores``
+    attribute that is an ``nn.ParameterList`` (or a sequence of tensors); None if it has none."""
+    cores = getattr(module, "cores", None)
+    if cores is None or isinstance(module, type):
+        return None
+    if isinstance(cores, (nn.ParameterList, list, tuple)):
+        found = tuple(cores)
+    elif callable(cores) and not isinstance(cores, nn.Module):
+        found = tuple(cores())
+    else:
+        return None
+    if not all(isinstance(c, torch.Tensor) for c in found):
+        raise TypeError(f"{type(module).__name__}.cores must give tensors, got "
+                        f"{[type(c).__name__ for c in found]}")
+    return found
 
 
 @dataclass(frozen=True)
@@ -47,9 +66,9 @@ def core_groups(model: nn.Module) -> list[CoreGroup]:
     """
     groups, seen = [], set()
     for name, module in model.named_modules():
-        if not isinstance(module, Factorized) or isinstance(module, type):
+        cores = cores_of(module)
+        if cores is None:
             continue
-        cores = tuple(module.cores())
         for core in cores:
             if id(core) in seen:
                 raise ValueError(f"core of module '{name}' already belongs to another group")

@@ -43,15 +43,25 @@ class CoreIndex:
         self.K = torch.tensor([g.K for g in self.groups], dtype=torch.float32)
         self.layer = torch.repeat_interleave(torch.arange(len(self.groups)), self.K.long())
         self.inv_K = (1.0 / self.K.double())[self.layer]  # 1/K_l for the layer of each core
-        if self.cores:
-            device = self.cores[0].device
-            self.K, self.layer = self.K.to(device), self.layer.to(device)
-            self.inv_K = self.inv_K.to(device)
-        self._inv_K_cache: dict[torch.dtype, torch.Tensor] = {}
         self.buffer: torch.Tensor | None = None  # all cores, contiguous (after flatten_)
+        self.to(self.cores[0].device if self.cores else torch.device("cpu"))
+
+    @property
+    def device(self) -> torch.device:
+        return self.K.device
+
+    def to(self, device: torch.device) -> CoreIndex:
+        """Keep the index tensors (K, layer, 1/K) on the cores' device."""
+        self.K, self.layer, self.inv_K = (t.to(device) for t in (self.K, self.layer, self.inv_K))
+        self._inv_K_cache: dict[torch.dtype, torch.Tensor] = {}
+        return self
 
     def __len__(self) -> int:
         return len(self.cores)
+
+    def unflatten_(self) -> None:
+        """Forget the flat buffer; the cores keep their current storage."""
+        self.buffer = None
 
     @torch.no_grad()
     def flatten_(self) -> bool:
@@ -59,7 +69,8 @@ class CoreIndex:
 
         Needs leaf cores of one dtype and device. Afterwards ``core.data`` is a view of
         ``buffer`` (the parameter objects, and so the base optimizer's references, are
-        unchanged); the model must not be moved (``.to()``) without building a new optimizer.
+        unchanged). A later move of the model (``.to()``) gives the cores new storage; the
+        scaling optimizers detect that and flatten again.
         Gradients stay ordinary tensors: views would make autograd accumulate into them in place,
         which on CPU costs more per core than gathering them once per step.
         """
@@ -67,6 +78,7 @@ class CoreIndex:
         if not cores or any(not c.is_leaf or c.dtype != cores[0].dtype
                             or c.device != cores[0].device for c in cores):
             return False
+        self.to(cores[0].device)
         numels = [c.numel() for c in cores]
         buffer = torch.cat([c.reshape(-1) for c in cores])
         for c, data in zip(cores, buffer.split(numels), strict=True):

@@ -1,7 +1,14 @@
-"""Hydra entry point: compose task x model x optimizer x logger, train, write the summary.
+"""Hydra entry point: compose task x model x optimizer x scheduler x logger, train, summarise.
 
     python train.py experiment=table1 optimizer=das seed=1
-    python train.py -m experiment=table1 optimizer=adam,sam,das seed=0,1,2
+    python train.py -m experiment=table1 optimizer=adamw,sam,das seed=0,1,2
+
+A run is checked whole before anything is built or written (:func:`tensam.config.validate`, then
+every group is built); a bad value is reported in one line naming the key (exit 2). A run
+directory belongs to one set of trajectory settings (:func:`tensam.config.fingerprint`): a run
+started again in the same directory resumes its checkpoint, or returns its finished summary,
+only under the same settings, and is refused otherwise. A run whose loss becomes non-finite
+writes a summary marked ``diverged`` and exits 3 (in a sweep: the job fails, the sweep goes on).
 """
 
 from __future__ import annotations
@@ -15,14 +22,31 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from tensam import distributed
+from tensam.config import (
+    ConfigError,
+    differing_keys,
+    fingerprint,
+    objective,
+    trajectory_settings,
+    validate,
+)
 from tensam.logging import RunLogger
 from tensam.optim import build_optimizer
-from tensam.tasks import build_task
-from tensam.training import LoopConfig, load_checkpoint, train
+from tensam.schedulers import build_scheduler
+from tensam.tasks import build_model, build_task
+from tensam.training import (
+    CheckpointError,
+    DivergenceError,
+    LoopConfig,
+    read_checkpoint,
+    restore,
+    train,
+)
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
 
 
 def seed_everything(seed: int) -> None:
@@ -35,53 +59,160 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available; otherwise the named device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.split(":")[0] not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device={name!r} is not one of ['auto', 'cpu', 'cuda', 'cuda:N', 'mps']")
+    if not isinstance(name, str) or name.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device={name!r} is not one of ['auto', 'cpu', 'cuda', 'cuda:N', "
+                          "'mps']")
     return torch.device(name)
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """One training run described by a composed config; returns (and writes) its summary."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    seed_everything(int(cfg.seed))
-    loop = LoopConfig(steps=int(cfg.steps), log_every=int(cfg.log_every),
-                      eval_every=int(cfg.eval_every), checkpoint_every=int(cfg.checkpoint_every),
-                      precision=str(cfg.precision))
+def resolve(cfg: DictConfig) -> dict:
+    """The config as plain data; an interpolation or type error names the key."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{err.full_key or ''}: {str(err).splitlines()[0]}") from None
+
+
+class RunDir:
+    """What a run directory already holds, judged against this run's settings."""
+
+    def __init__(self, path: Path, settings: dict, resume: str):
+        self.path, self.settings, self.fingerprint = path, settings, fingerprint(settings)
+        self.checkpoint, self.summary = path / "checkpoint.pt", path / "summary.json"
+        self.resume = resume
+
+    def _check(self, what: Path, stored: dict | None) -> None:
+        if stored is None or stored.get("fingerprint") != self.fingerprint:
+            keys = differing_keys((stored or {}).get("settings") or {}, self.settings)
+            raise CheckpointError(
+                f"{what} was written by a run with other settings ({'; '.join(keys[:6])}"
+                f"{'; ...' if len(keys) > 6 else ''}); use another hydra.run.dir, or pass "
+                "resume=never to start over in this one")
+
+    def finished(self) -> dict | None:
+        """The stored summary of this very run, if it already finished (resume=never: None)."""
+        if self.resume == "never" or not self.summary.exists():
+            return None
+        try:
+            stored = json.loads(self.summary.read_text())
+        except ValueError:
+            return None  # a torn summary: the run is redone from its checkpoint
+        self._check(self.summary, stored)
+        return stored
+
+    def checkpoint_state(self) -> dict | None:
+        """The checkpoint to resume, checked against this run's settings; None to start
+        afresh. resume=never deletes what an earlier run left."""
+        if self.resume == "never":
+            for stale in (self.checkpoint, self.summary, self.path / "best.pt"):
+                stale.unlink(missing_ok=True)
+            return None
+        if not self.checkpoint.exists():
+            if self.resume == "must":
+                raise CheckpointError(f"resume=must but {self.checkpoint} does not exist")
+            return None
+        ckpt = read_checkpoint(self.checkpoint)
+        self._check(self.checkpoint, ckpt)
+        return ckpt
+
+
+def run(cfg: DictConfig, run_dir: Path, progress: bool = False) -> dict:
+    """One training run described by a composed config; returns (and writes) its summary.
+
+    Raises :class:`ConfigError` or :class:`CheckpointError` before any work for a bad config
+    or run directory, and :class:`DivergenceError` (after writing the summary) for a non-finite
+    loss.
+    """
+    container = resolve(cfg)
+    container.pop("hydra", None)
+    validate(container)
+    settings = trajectory_settings(container)
+    key, higher = objective(container)
+    run_dir = Path(run_dir)
+    if container.get("threads"):
+        torch.set_num_threads(int(container["threads"]))
     rank, world = distributed.init_from_env()
-    device = distributed.local_device(resolve_device(str(cfg.device)))
-    task = build_task(container["task"], container["model"]).to(device)
-    model = distributed.wrap(task.build_model().to(device))
-    optimizer = build_optimizer(container["optimizer"], model, total_steps=int(cfg.steps))
-    start = load_checkpoint(run_dir / "checkpoint.pt", model, optimizer)
+    device = distributed.local_device(resolve_device(container["device"]))
+    seed_everything(int(container["seed"]))
+    try:  # build everything before writing anything: a bad value fails here, in one line
+        task = build_task(container["task"]).to(device)
+        model = build_model(container["model"], task).to(device)
+        if container.get("sync_batchnorm") and world > 1:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if key not in task.metrics and key != "train/loss":
+            raise ValueError(f"objective={key!r} is not a metric of the task; allowed: "
+                             f"{sorted([*task.metrics, 'train/loss'])}")
+        steps = int(container["steps"])
+        if container.get("epochs"):
+            if not task.steps_per_epoch:
+                raise ValueError(f"epochs={container['epochs']} needs a task with epochs; "
+                                 f"{type(task).__name__} counts steps (use steps=N)")
+            steps = container["epochs"] * task.steps_per_epoch // container["grad_accumulation"]
+        model = distributed.wrap(model)
+        optimizer = build_optimizer(container["optimizer"], distributed.unwrap(model),
+                                    total_steps=steps)
+        scheduler = build_scheduler(container["scheduler"], optimizer, steps)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(str(err)) from None
+    where = RunDir(run_dir, settings, container["resume"])
+    stored = where.finished()
+    if stored is not None:
+        if stored.get("status") == "diverged":
+            raise DivergenceError(stored["diverged_at_step"], stored["train/loss"])
+        print(f"tensam: {run_dir} already holds this run's summary; not training again",
+              file=sys.stderr)
+        return stored
+    ckpt = where.checkpoint_state()
+    state = restore(ckpt, model, optimizer, scheduler) if ckpt is not None else None
+    start = state.step if state is not None else 0
+    loop = LoopConfig(steps=steps, log_every=container["log_every"],
+                      eval_every=container["eval_every"],
+                      checkpoint_every=container["checkpoint_every"],
+                      precision=container["precision"],
+                      grad_accumulation=container["grad_accumulation"],
+                      grad_clip=container["grad_clip"], objective=key, higher_is_better=higher,
+                      keep_best=container["keep_best"], progress=progress)
     logger = (RunLogger(run_dir, container, container["logger"].get("wandb"), resume_step=start)
               if rank == 0 else None)
-    summary = train(task, model, optimizer, loop, run_dir, logger, start_step=start)
-    summary["primary_metric"] = task.primary_metric
-    summary["baselines"] = task.baselines() if cfg.get("baselines") and rank == 0 else {}
-    summary["config"] = container
-    summary["world_size"] = world
+    summary = train(task, model, optimizer, loop, run_dir, logger, scheduler, state,
+                    where.fingerprint, settings)
+    summary.update({"primary_metric": task.primary_metric, "objective": key,
+                    "baselines": task.baselines() if container["baselines"] and rank == 0
+                    else {},
+                    "fingerprint": where.fingerprint, "settings": settings,
+                    "config": container, "world_size": world})
     if logger is not None:
         logger.finish(summary)
+    if summary["status"] == "diverged":
+        raise DivergenceError(summary["diverged_at_step"], summary["train/loss"])
     return summary
+
+
+def _progress_wanted(cfg: DictConfig, multirun: bool) -> bool:
+    setting = cfg.get("progress", "auto")
+    return sys.stderr.isatty() and not multirun if setting == "auto" else bool(setting)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def _hydra_main(cfg: DictConfig) -> float:
-    run_dir = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
+    hydra_cfg = hydra.core.hydra_config.HydraConfig.get()
+    multirun = hydra_cfg.mode == hydra.types.RunMode.MULTIRUN
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        summary = run(cfg, run_dir)
-    except ValueError as err:  # configuration errors: one clear line, no traceback
-        print(f"tensam: configuration error: {err}", file=sys.stderr)
+        summary = run(cfg, run_dir, progress=_progress_wanted(cfg, multirun))
+    except (ConfigError, CheckpointError) as err:
+        if multirun:
+            raise
+        kind = "configuration" if isinstance(err, ConfigError) else "run directory"
+        print(f"tensam: {kind} error: {err}", file=sys.stderr)
         sys.exit(2)
-    metric = cfg.get("objective") or summary["primary_metric"]
-    if metric not in summary:
-        print(f"tensam: objective={metric!r} is not a summary key; allowed: "
-              f"{sorted(k for k, v in summary.items() if isinstance(v, float))}", file=sys.stderr)
-        sys.exit(2)
+    except DivergenceError as err:
+        if multirun:  # the sweeper records the job as failed and goes on
+            raise
+        print(f"tensam: {err}; summary in {run_dir / 'summary.json'}", file=sys.stderr)
+        sys.exit(3)
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}))
-    return float(summary[metric])
+    return float(summary[summary["objective"]])
 
 
 def main() -> None:

@@ -1,22 +1,47 @@
-"""The shared training loop: any task x any model x any optimizer, with resumable checkpoints."""
+"""The shared training loop: any task x any model x any optimizer, resumable and fail-loud.
+
+One step is ``optimizer.step(closure)`` for every optimizer, torch's contract (see
+:mod:`tensam.optim.base`): the closure zeroes the gradients, runs forward and backward over the
+step's micro-batches (gradient accumulation) and returns the loss; a two-pass method calls it
+twice, so both of SAM's passes see, and accumulate, the same micro-batches. Around that the loop
+owns what every task needs:
+
+* ``train()``/``eval()`` mode; BatchNorm running statistics are updated by the first pass only
+  (:func:`frozen_batchnorm` during the others);
+* the norm dynamics (Q, Cov per layer) from the first pass's gradients, before clipping;
+* gradient clipping of the gradient the update uses, bf16 autocast, an LR scheduler per step;
+* a non-finite loss stops the run (:class:`DivergenceError`, naming the step), never trains on;
+* checkpoints (atomic, with RNG states and the wall time so far), the best checkpoint on the
+  evaluated objective, and a progress line.
+"""
 
 from __future__ import annotations
 
 import io
+import math
+import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from tensam.cores import core_groups
 from tensam.distributed import unwrap
 from tensam.logging import RunLogger
 from tensam.metrics.norm_dynamics import norm_dynamics
 from tensam.norms import CoreIndex
-from tensam.optim import TwoPassOptimizer
 from tensam.tasks.base import Task
+
+#: how often (in steps) a non-finite loss is looked for between log, eval and checkpoint steps;
+#: each look is one host-device sync
+CHECK_EVERY = 25
+#: seconds between progress lines
+PROGRESS_SECONDS = 10.0
 
 
 @dataclass
@@ -26,86 +51,282 @@ class LoopConfig:
     eval_every: int = 0  # 0: only at the end
     checkpoint_every: int = 0  # 0: no checkpoints
     precision: str = "fp32"  # fp32 | bf16 (autocast; parameters and optimizer stay fp32)
-
-    def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.precision!r} is not one of {list(PRECISIONS)} "
-                             "(fp16 needs loss scaling, which two-pass methods do not support)")
-
-
-PRECISIONS = ("fp32", "bf16")
+    grad_accumulation: int = 1
+    grad_clip: float | None = None
+    objective: str | None = None  # evaluated metric that picks the best checkpoint
+    higher_is_better: bool = True
+    keep_best: bool = False
+    progress: bool = False
 
 
-def save_checkpoint(path: Path, model, optimizer, step: int) -> None:
+class DivergenceError(RuntimeError):
+    """The training loss became non-finite; the summary is written, marked diverged."""
+
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"the training loss is {loss} at step {step}: the run diverged "
+                         "(lower the learning rate, rho or alpha)")
+        self.step, self.loss = step, loss
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used (truncated, or written by other settings)."""
+
+
+@dataclass
+class State:
+    """Where a run stands: what a checkpoint restores beyond the model and optimizer."""
+
+    step: int = 0
+    seconds: float = 0.0  # training wall time of earlier sessions of this run
+    best: float | None = None
+    best_step: int | None = None
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+def _rng_states() -> dict:
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def save_checkpoint(path: Path, model, optimizer, state: State, scheduler=None,
+                    fingerprint: str | None = None, settings: dict | None = None) -> None:
+    """Everything needed to continue the run, written atomically (a kill leaves the old file)."""
     buf = io.BytesIO()
     torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                "step": step, "rng": torch.get_rng_state()}, buf)
-    tmp = path.with_suffix(".tmp")
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "step": state.step, "seconds": state.seconds, "best": state.best,
+                "best_step": state.best_step, "rng": _rng_states(),
+                "fingerprint": fingerprint, "settings": settings}, buf)
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(buf.getvalue())
     tmp.replace(path)
 
 
-def load_checkpoint(path: Path, model, optimizer) -> int:
-    if not path.exists():
-        return 0
-    state = torch.load(path, weights_only=False)
-    unwrap(model).load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"])
-    return int(state["step"])
+def read_checkpoint(path: Path) -> dict:
+    """The checkpoint's contents on the CPU; a damaged file raises :class:`CheckpointError`."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - torch raises several kinds for a damaged file
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
+                              f"{err}); delete it or pass resume=never to start over") from None
 
 
-def train_step(task: Task, model, optimizer, batch, precision: str = "fp32"):
-    """Forward and backward at w; returns the loss and the closure that two-pass methods call to
-    re-run forward/backward at w + e."""
+def restore(ckpt: dict, model, optimizer, scheduler=None) -> State:
+    """Load a checkpoint read by :func:`read_checkpoint` into the run's objects."""
+    unwrap(model).load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler") is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    rng = ckpt["rng"]
+    torch.set_rng_state(rng["cpu"] if isinstance(rng, dict) else rng)
+    if isinstance(rng, dict) and "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return State(int(ckpt["step"]), float(ckpt.get("seconds", 0.0)), ckpt.get("best"),
+                 ckpt.get("best_step"))
+
+
+# -- one step ---------------------------------------------------------------------------------
+
+@contextmanager
+def frozen_batchnorm(model: nn.Module):
+    """BatchNorm layers normalise with the batch statistics but leave their running statistics
+    (and ``num_batches_tracked``) alone: for SAM's second pass at w + e."""
+    norms = [m for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
+
+
+def make_closure(task: Task, model, optimizer, micro_batches: list, loop: LoopConfig,
+                 on_first_backward=None):
+    """torch's closure for one step: zero, forward and backward over ``micro_batches`` (mean
+    loss), clip; the first call runs ``on_first_backward`` before clipping, later calls keep the
+    BatchNorm statistics frozen. Returns the detached mean loss."""
     device = next(model.parameters()).device.type
-    autocast = (torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16"
+    autocast = (torch.autocast(device, dtype=torch.bfloat16) if loop.precision == "bf16"
                 else nullcontext())
+    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    calls = 0
 
     def closure():
-        with autocast:
-            loss = task.loss(model, batch)
-        loss.backward()
-        return loss
+        nonlocal calls
+        calls += 1
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        with frozen_batchnorm(model) if calls > 1 else nullcontext():
+            for i, batch in enumerate(micro_batches):
+                last = i == len(micro_batches) - 1
+                with model.no_sync() if ddp and not last else nullcontext(), autocast:
+                    loss = task.loss(model, batch) / len(micro_batches)
+                loss.backward()
+                total = total + loss.detach()
+        if calls == 1 and on_first_backward is not None:
+            on_first_backward()
+        if loop.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
+        return total
 
-    optimizer.zero_grad(set_to_none=True)
-    loss = closure()
-    return loss, closure
+    return closure
+
+
+def train_step(task: Task, model, optimizer, batch, precision: str = "fp32") -> torch.Tensor:
+    """One optimizer step on one batch, outside :func:`train` (scripts, tests, benchmarks);
+    returns the loss of the first pass."""
+    closure = make_closure(task, model, optimizer, [batch], LoopConfig(1, precision=precision))
+    return optimizer.step(closure)
+
+
+# -- the loop ---------------------------------------------------------------------------------
+
+class _Progress:
+    """A line on stderr every :data:`PROGRESS_SECONDS`: step, steps/s, ETA, loss."""
+
+    def __init__(self, enabled: bool, start: int, total: int):
+        self.enabled, self.start, self.total = enabled, start, total
+        self.t0 = self.last = time.perf_counter()
+
+    def __call__(self, step: int, loss: torch.Tensor) -> None:
+        now = time.perf_counter()
+        if not self.enabled or now - self.last < PROGRESS_SECONDS:
+            return
+        self.last = now
+        rate = (step - self.start) / (now - self.t0)
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        print(f"step {step}/{self.total} ({100 * step / self.total:.0f}%)  {rate:.1f} steps/s  "
+              f"ETA {eta / 60:.1f} min  loss {loss.item():.4g}", file=sys.stderr, flush=True)
+
+
+def _take(batches: Iterator, n: int) -> list:
+    return [next(batches) for _ in range(n)]
+
+
+def _evaluate(task: Task, model) -> dict[str, float]:
+    model.eval()
+    with torch.no_grad():
+        metrics = task.evaluate(model)
+    model.train()
+    return metrics
 
 
 def train(task: Task, model, optimizer, loop: LoopConfig, run_dir: Path,
-          logger: RunLogger | None, scheduler=None, start_step: int = 0) -> dict:
-    """Train for ``loop.steps`` steps; log loss, metrics and norm dynamics; return the summary.
+          logger: RunLogger | None, scheduler=None, state: State | None = None,
+          fingerprint: str | None = None, settings: dict | None = None) -> dict:
+    """Train from ``state`` (default: step 0) to ``loop.steps``; log loss, norm dynamics and
+    evaluations; return the summary (``status`` ``finished``, or ``diverged`` with the step).
 
     ``logger=None`` (non-zero ranks of a distributed run) logs and checkpoints nothing."""
+    state = state or State()
+    run_dir = Path(run_dir)
     index = CoreIndex(core_groups(unwrap(model)))  # layer names as without DDP
-    ckpt = Path(run_dir) / "checkpoint.pt"
-    two_pass = isinstance(optimizer, TwoPassOptimizer)
+    n_micro = loop.grad_accumulation
+    batches = task.batches(state.step * n_micro)
+    progress = _Progress(loop.progress and logger is not None, state.step, loop.steps)
+    first_bad = None  # first step with a non-finite loss, kept on the device: no sync per step
+
+    def checkpoint(path: Path) -> None:
+        if logger is not None:
+            save_checkpoint(path, model, optimizer, state, scheduler, fingerprint, settings)
+
     started = time.perf_counter()
-    for step in range(start_step, loop.steps):
-        loss, closure = train_step(task, model, optimizer, task.batch(step), loop.precision)
-        record = None
-        if loop.log_every and step % loop.log_every == 0:
-            record = {"train/loss": loss.item(), **norm_dynamics(index)}
-        optimizer.step(closure) if two_pass else optimizer.step()
+    model.train()
+    step = state.step
+    while step < loop.steps:
+        record: dict[str, Any] = {}
+        logging_now = bool(loop.log_every) and step % loop.log_every == 0
+
+        def log_norms(record=record, logging_now=logging_now):
+            if logging_now:
+                record.update(norm_dynamics(index))
+
+        closure = make_closure(task, model, optimizer, _take(batches, n_micro), loop, log_norms)
+        loss = optimizer.step(closure)
         if scheduler is not None:
             scheduler.step()
-        if loop.eval_every and (step + 1) % loop.eval_every == 0:
-            record = {**(record or {}), **{f"eval/{k}": v for k, v in task.evaluate(model).items()}}
-        if record is not None and logger is not None:
+        if first_bad is None:
+            first_bad = torch.full((), -1, device=loss.device)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
+        done = step + 1
+        evaluating = bool(loop.eval_every) and done % loop.eval_every == 0
+        checkpointing = bool(loop.checkpoint_every) and done % loop.checkpoint_every == 0
+        if logging_now or evaluating or checkpointing or done % CHECK_EVERY == 0 \
+                or done == loop.steps:
+            bad = int(first_bad)
+            if bad >= 0:
+                state.seconds += time.perf_counter() - started
+                return _diverged(task, state, bad, loss, logger, record)
+        if logging_now:
+            record["train/loss"] = loss.item()
+        if evaluating:
+            metrics = _evaluate(task, model)
+            record.update({f"eval/{k}": v for k, v in metrics.items()})
+            if loop.keep_best and _improves(metrics.get(loop.objective), state, loop):
+                state.best, state.best_step, state.step = metrics[loop.objective], done, done
+                checkpoint(run_dir / "best.pt")
+        if record and logger is not None:
             logger.log(record, step)
-        if logger is not None and loop.checkpoint_every and (step + 1) % loop.checkpoint_every == 0:
-            save_checkpoint(ckpt, model, optimizer, step + 1)
-    elapsed = time.perf_counter() - started
-    final = task.evaluate(model)
-    with torch.no_grad():
-        final_loss = task.loss(model, task.batch(loop.steps)).item()
-    q_final = {k: v for k, v in norm_dynamics(index).items() if k.endswith("Q")}
-    summary = {**final, "train/loss": final_loss, **q_final, "steps": loop.steps,
-               "seconds": elapsed, "seconds_per_step": elapsed / max(loop.steps - start_step, 1)}
+        step = done
+        if checkpointing:
+            if not _finite(model):  # never checkpoint a state whose next loss is non-finite
+                state.seconds += time.perf_counter() - started
+                return _diverged(task, state, step, torch.tensor(float("nan")), logger, {})
+            state.step = step
+            state.seconds += time.perf_counter() - started
+            started = time.perf_counter()
+            checkpoint(run_dir / "checkpoint.pt")
+        progress(step, loss)
+    state.step = step
+    state.seconds += time.perf_counter() - started
+    return _finish(task, model, batches, state, logger, loop)
+
+
+def _finite(model) -> bool:
+    params = [p.detach() for p in model.parameters()]
+    return bool(torch.stack(torch._foreach_norm(params)).isfinite().all()) if params else True
+
+
+def _improves(value, state: State, loop: LoopConfig) -> bool:
+    if value is None or not math.isfinite(value):
+        return False
+    if state.best is None:
+        return True
+    return value > state.best if loop.higher_is_better else value < state.best
+
+
+def _diverged(task: Task, state: State, step: int, loss, logger, record) -> dict:
+    """The summary of a run stopped at ``step``, its first non-finite loss."""
+    value = float(loss.item())
     if logger is not None:
-        logger.log({f"eval/{k}": v for k, v in final.items()}, loop.steps)
+        logger.log({**record, "train/loss": value, "diverged": True}, step)
+    return {"status": "diverged", "diverged_at_step": step, "steps": step,
+            "seconds": state.seconds, "train/loss": value,
+            **{k: None for k in task.metrics}}
+
+
+def _finish(task: Task, model, batches, state: State, logger, loop: LoopConfig) -> dict:
+    index = CoreIndex(core_groups(unwrap(model)))
+    final = _evaluate(task, model)
+    model.eval()
+    with torch.no_grad():
+        final_loss = task.loss(model, next(batches)).item()
+    model.train()
+    q_final = {k: v for k, v in norm_dynamics(index).items() if k.endswith("Q")}
+    summary = {"status": "finished", **final, "train/loss": final_loss, **q_final,
+               "steps": state.step, "seconds": state.seconds,
+               "seconds_per_step": state.seconds / max(state.step, 1)}
+    if loop.keep_best:
+        summary.update({f"best/{loop.objective}": state.best, "best/step": state.best_step})
+    if logger is not None:
+        logger.log({f"eval/{k}": v for k, v in final.items()}, state.step)
     return summary
 
 
-__all__ = ["LoopConfig", "load_checkpoint", "save_checkpoint", "train", "train_step"]
+__all__ = ["CheckpointError", "DivergenceError", "LoopConfig", "State", "frozen_batchnorm",
+           "make_closure", "read_checkpoint", "restore", "save_checkpoint", "train", "train_step"]

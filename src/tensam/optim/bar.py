@@ -34,11 +34,12 @@ class BAR(ScalingOptimizer):
     """
 
     def __init__(self, base, groups, alpha: float = 0.5, alpha_schedule: str = "constant",
-                 total_steps: int | None = None, compensated: bool = True):
+                 total_steps: int | None = None, compensated: bool = True,
+                 flatten: bool | str = "auto"):
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         check_schedule(alpha_schedule, total_steps)
-        super().__init__(base, groups, compensated=compensated)
+        super().__init__(base, groups, compensated=compensated, flatten=flatten)
         for group in self.index.groups:
             if group.K != 2:
                 raise ValueError(
@@ -47,8 +48,7 @@ class BAR(ScalingOptimizer):
                     f"variables only")
         self.alpha, self.alpha_schedule, self.total_steps = alpha, alpha_schedule, total_steps
         # +1 for x (first core of a group), -1 for y (second core)
-        self._role = torch.tensor([1.0, -1.0], device=self.index.layer.device).repeat(
-            self.index.num_layers)
+        self._role = torch.tensor([1.0, -1.0]).repeat(self.index.num_layers)
 
     def x_grows(self) -> torch.Tensor:
         """Per core group: True where x is scaled up and y down (Algorithm 2/3, line 4)."""
@@ -62,6 +62,7 @@ class BAR(ScalingOptimizer):
     def scale_factors(self) -> torch.Tensor:
         alpha = scheduled(self.alpha, self.alpha_schedule, self.steps, self.total_steps)
         s = torch.where(self.x_grows(), 1.0, -1.0)[self.index.layer]
+        self._role = self._role.to(s.device)  # a no-op unless the model moved
         return (alpha * self.learning_rates()) * (s * self._role)
 
 

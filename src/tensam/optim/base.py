@@ -9,6 +9,18 @@ Two families cover all methods of the papers:
   G_k <- (1 + lambda_k) G_k alongside the base step (Eq. 7-8). A method only defines
   :meth:`ScalingOptimizer.scale_factors`.
 
+**One step contract, torch's own.** ``step(closure)``: the closure zeroes the gradients, runs
+forward and backward, and returns the loss; the optimizer calls it as often as it needs (once,
+or twice for a two-pass method) and returns the loss of the first call. ``step()`` without a
+closure uses the gradients already on ``.grad`` and works for one-pass methods only. A loop that
+cannot pass a closure (Hugging Face Trainer, gradient accumulation by hand) uses the two halves::
+
+    loss_fn().backward()
+    optimizer.first_step()            # two-pass: w <- w + e(g), gradients cleared
+    if optimizer.passes == 2:
+        loss_fn().backward()          # the gradient at w + e
+    optimizer.second_step()           # restore w (two-pass), scale cores, base step
+
 The wrapper shares ``param_groups`` (and thus learning rates) with the base optimizer, so LR
 schedulers, gradient clipping and checkpointing work on the wrapper as on any optimizer.
 """
@@ -22,9 +34,18 @@ import torch
 from tensam.cores import as_core_groups
 from tensam.norms import CoreIndex
 
+Closure = Callable[[], torch.Tensor]
+
 
 class WrappedOptimizer(torch.optim.Optimizer):
-    """An optimizer that delegates the parameter update to ``base``."""
+    """An optimizer that delegates the parameter update to ``base``.
+
+    ``defaults`` are the method's own hyperparameters (``rho``, ...); every param group gets
+    them unless it sets its own, so they can differ per group like ``lr``.
+    """
+
+    #: gradient evaluations per step: 1, or 2 for the two-pass (SAM) family
+    passes = 1
 
     def __init__(self, base: torch.optim.Optimizer, defaults: dict | None = None):
         if not isinstance(base, torch.optim.Optimizer):
@@ -33,14 +54,33 @@ class WrappedOptimizer(torch.optim.Optimizer):
         super().__init__([p for g in base.param_groups for p in g["params"]], defaults or {})
         self.param_groups = base.param_groups  # shared: schedulers see one set of groups
         for group in self.param_groups:
-            for key, value in (defaults or {}).items():
-                group.setdefault(key, value)
-
+            self._fill_defaults(group)
         self.steps = 0  # completed steps t, for coefficient schedules (saved in state_dict)
+
+    def _fill_defaults(self, group: dict) -> None:
+        for key, value in self.defaults.items():
+            group.setdefault(key, value)
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group to the base optimizer (which owns the groups) with the method's defaults;
+        called by ``torch.optim.Optimizer.__init__`` too, before ``base`` is shared."""
+        if not hasattr(self, "steps"):  # inside torch's __init__: a throw-away group list
+            return super().add_param_group(param_group)
+        self.base.add_param_group(param_group)
+        self._fill_defaults(self.param_groups[-1])
+        self._params_changed()
+
+    def _params_changed(self) -> None:
+        """Hook: the set of parameters changed (``add_param_group``)."""
 
     @property
     def params(self) -> list[torch.Tensor]:
         return [p for g in self.param_groups for p in g["params"]]
+
+    def group_values(self, key: str, params: list[torch.Tensor]) -> list[float]:
+        """``group[key]`` of the param group that holds each of ``params``."""
+        value_of = {id(p): float(g[key]) for g in self.param_groups for p in g["params"]}
+        return [value_of[id(p)] for p in params]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base.zero_grad(set_to_none=set_to_none)
@@ -55,6 +95,41 @@ class WrappedOptimizer(torch.optim.Optimizer):
         self.param_groups = self.base.param_groups
         self.steps = int(state_dict.get("steps", 0))
 
+    # -- the step contract ----------------------------------------------------------------
+
+    def first_step(self) -> None:
+        """First half of a step, after the gradient at w is on ``.grad`` (nothing to do for a
+        one-pass method)."""
+
+    def second_step(self) -> None:
+        """Second half: the parameter update from the gradients on ``.grad``."""
+        self.update()
+        self.steps += 1
+
+    def update(self) -> None:
+        """The update of a one-pass step from the gradients on ``.grad`` (the base step)."""
+        self.base.step()
+
+    @torch.no_grad()
+    def step(self, closure: Closure | None = None):
+        """One step; ``closure`` zeroes the gradients, runs forward and backward, returns the
+        loss, and is called ``self.passes`` times. Returns the loss of its first call."""
+        if closure is None and self.passes > 1:
+            raise RuntimeError(
+                f"{type(self).__name__}.step() needs a closure that zeroes the gradients, runs "
+                "forward and backward and returns the loss; loops that cannot pass one call "
+                "first_step(), backward again, then second_step()")
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.first_step()
+        if self.passes > 1:
+            with torch.enable_grad():
+                closure()
+        self.second_step()
+        return loss
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base={type(self.base).__name__})"
 
@@ -62,20 +137,26 @@ class WrappedOptimizer(torch.optim.Optimizer):
 class TwoPassOptimizer(WrappedOptimizer):
     """Perturb, re-evaluate the gradient, restore exactly, then take the base step.
 
-    ``step(closure)`` expects the first gradient g (at w) to be on ``.grad`` already, as after a
-    normal ``loss.backward()``; ``closure`` must recompute the loss *and call backward* at the
-    perturbed point. By default :meth:`perturb_` keeps a copy of w and :meth:`restore_` copies it
-    back, so the restore is exact (not w + e - e); a method with a cheaper, structured e (nuSAM)
-    overrides the pair.
+    :meth:`first_step` reads the gradient g at w from ``.grad``, moves w to w + e(g) and clears
+    the gradients, so the next backward gives the gradient at w + e; :meth:`second_step` restores
+    w and lets the base optimizer step with that gradient. By default :meth:`perturb_` keeps a
+    copy of w and :meth:`restore_` copies it back, so the restore is exact (not w + e - e); a
+    method with a cheaper, structured e (nuSAM) overrides the pair.
     """
 
+    passes = 2
+
     def __init__(self, base, params_to_perturb: Iterable[torch.Tensor] | None = None, **defaults):
+        self._chosen = None if params_to_perturb is None else {id(p) for p in params_to_perturb}
         super().__init__(base, defaults)
-        chosen = list(params_to_perturb) if params_to_perturb is not None else self.params
-        member = {id(p) for p in chosen}
-        self._perturbed = [p for p in self.params if id(p) in member]
+        self._saved = None
+        self._params_changed()
         if not self._perturbed:
             raise ValueError("no parameter selected for perturbation")
+
+    def _params_changed(self) -> None:
+        chosen = self._chosen
+        self._perturbed = [p for p in self.params if chosen is None or id(p) in chosen]
 
     def perturbation(self, params: list[torch.Tensor], grads: list[torch.Tensor]):
         """The ascent step e (one tensor per parameter) computed from the first gradient."""
@@ -92,21 +173,23 @@ class TwoPassOptimizer(WrappedOptimizer):
         torch._foreach_copy_(params, saved)
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None):
-        if closure is None:
-            raise RuntimeError(f"{type(self).__name__}.step needs a closure that re-runs backward")
+    def first_step(self) -> None:
+        if self._saved is not None:
+            raise RuntimeError(f"{type(self).__name__}.first_step() called twice without "
+                               "second_step()")
         params = [p for p in self._perturbed if p.grad is not None]
-        saved = self.perturb_(params, [p.grad for p in params]) if params else None
-        first_grads = [p.grad for p in self.params if p.grad is not None]
-        if first_grads:  # the second backward must not accumulate onto the first gradient
-            torch._foreach_zero_(first_grads)
-        with torch.enable_grad():
-            loss = closure()
+        self._saved = (params, self.perturb_(params, [p.grad for p in params]) if params else None)
+        self.zero_grad(set_to_none=True)  # the second backward must not add to the first
+
+    @torch.no_grad()
+    def second_step(self) -> None:
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.second_step() called before first_step()")
+        params, saved = self._saved
+        self._saved = None
         if params:
             self.restore_(params, saved)
-        self.base.step()
-        self.steps += 1
-        return loss
+        super().second_step()
 
 
 class ScalingOptimizer(WrappedOptimizer):
@@ -117,23 +200,72 @@ class ScalingOptimizer(WrappedOptimizer):
     added with compensated (Kahan) summation: the rounding error of each addition is kept in a
     per-core buffer and carried into the next step, so the scaling accumulates as in exact
     arithmetic. The increment uses G^(t), the cores before the base step (Eq. 7).
+
+    ``flatten``: ``"auto"`` moves the cores into one contiguous buffer (see
+    :meth:`CoreIndex.flatten_`) where that pays and changes nothing visible: on CPU, with cores
+    in the default memory format (a channels_last kernel keeps its layout); ``True`` insists,
+    ``False`` never flattens. Every step checks that the cores still live in that buffer: a model
+    moved after the optimizer was built (``.double()``, ``.half()``, ``.to(device)``,
+    ``.to(memory_format=...)``) is re-laid out, carrying the residuals, instead of silently
+    scaling a stale copy.
     """
 
-    def __init__(self, base, groups=None, compensated: bool = True, flatten: bool = True,
-                 **defaults):
+    def __init__(self, base, groups=None, compensated: bool = True,
+                 flatten: bool | str = "auto", **defaults):
+        if flatten not in (True, False, "auto"):
+            raise ValueError(f"flatten={flatten!r} is not one of [True, False, 'auto']")
         super().__init__(base, defaults)
         self.index = CoreIndex(as_core_groups(groups))
+        self._lr_cache: tuple[tuple, torch.Tensor] | None = None
+        self._params_changed()
+        self.compensated, self.flatten = compensated, flatten
+        self._layout = None
+        self._relayout(residuals=None)
+
+    def _params_changed(self) -> None:
+        if not hasattr(self, "index"):
+            return
         group_of = {id(p): i for i, g in enumerate(self.param_groups) for p in g["params"]}
         missing = [g.name for g in self.index.groups if any(id(c) not in group_of for c in g.cores)]
         if missing:
             raise ValueError(f"cores of {missing} are not among the base optimizer's parameters")
         self._core_param_group = torch.tensor([group_of[id(c)] for c in self.index.cores])
-        self._lr_cache: tuple[tuple, torch.Tensor] | None = None
-        self.compensated = compensated
-        if flatten:
-            self.index.flatten_()
-        if compensated and len(self.index):
+        self._lr_cache = None
+
+    # -- memory layout of the cores and residuals -------------------------------------------
+
+    def _wants_flat(self) -> bool:
+        cores = self.index.cores
+        if self.flatten == "auto":
+            return all(c.device.type == "cpu" and c.is_contiguous() for c in cores)
+        return bool(self.flatten)
+
+    def _current_layout(self) -> tuple:
+        return tuple((c.data_ptr(), c.dtype, c.device) for c in self.index.cores)
+
+    @torch.no_grad()
+    def _relayout(self, residuals: list[torch.Tensor] | None) -> None:
+        """(Re)build the flat buffer (where wanted) and the residuals, which keep their values
+        (converted to the cores' new dtype and device) when ``residuals`` is given."""
+        idx = self.index
+        if not len(idx):
+            return
+        idx.unflatten_()
+        if self._wants_flat() and not idx.flatten_() and self.flatten is True:
+            raise ValueError("flatten=True needs leaf cores of one dtype and device")
+        if self.compensated:
             self._init_residuals()
+            if residuals is not None:
+                for c, r in zip(idx.cores, residuals, strict=True):
+                    self.state[c]["residual"].copy_(r)
+        self._layout = self._current_layout()
+
+    def _check_layout(self) -> None:
+        """Re-lay out if the model was moved or re-typed since the layout was built."""
+        if len(self.index) and self._current_layout() != self._layout:
+            old = ([self.state[c]["residual"] for c in self.index.cores] if self.compensated
+                   else None)
+            self._relayout(residuals=old)
 
     def _init_residuals(self) -> None:
         """The residual (carried rounding error) of every core, kept in the optimizer state so it
@@ -150,11 +282,14 @@ class ScalingOptimizer(WrappedOptimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         if self.compensated and len(self.index):  # loading made new tensors: copy them back in
+            self._check_layout()
             loaded = [self.state[c].get("residual") for c in self.index.cores]
             self._init_residuals()
             for c, r in zip(self.index.cores, loaded, strict=True):
                 if r is not None:
                     self.state[c]["residual"].copy_(r)
+
+    # -- the scaling -----------------------------------------------------------------------
 
     def learning_rates(self) -> torch.Tensor:
         """The *current* step size eta^(t) of every core (schedulers change it in place)."""
@@ -179,15 +314,13 @@ class ScalingOptimizer(WrappedOptimizer):
         return idx.cores, list(lam.to(idx.cores[0].dtype).unbind()), residual
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def update(self) -> None:
         if not len(self.index):
-            self.base.step()
-            self.steps += 1
-            return loss
+            return self.base.step()
+        self._check_layout()
+        if self.index.device != self.index.cores[0].device:
+            self.index.to(self.index.cores[0].device)
+            self._lr_cache = None
         cores, lam, residual = self._operands(self.scale_factors())
         if not self.compensated:
             increments = torch._foreach_mul(cores, lam)  # lambda G^(t), before the base step
@@ -200,5 +333,3 @@ class ScalingOptimizer(WrappedOptimizer):
             torch._foreach_add_(cores, residual)  # G + y, rounded
             torch._foreach_sub_(previous, cores)  # -(what was actually added)
             torch._foreach_add_(residual, previous)  # y - added: the part lost to rounding
-        self.steps += 1
-        return loss

@@ -27,14 +27,14 @@ class DAS(ScalingOptimizer):
 
     def __init__(self, base, groups, alpha: float = 0.001, normalization: str = "layer",
                  alpha_schedule: str = "constant", total_steps: int | None = None,
-                 eps: float = 1e-12, compensated: bool = True):
+                 eps: float = 1e-12, compensated: bool = True, flatten: bool | str = "auto"):
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization={normalization!r} is not one of "
                              f"{list(NORMALIZATIONS)}")
         check_schedule(alpha_schedule, total_steps)
-        super().__init__(base, groups, compensated=compensated)
+        super().__init__(base, groups, compensated=compensated, flatten=flatten)
         self.alpha, self.normalization, self.eps = alpha, normalization, eps
         self.alpha_schedule, self.total_steps = alpha_schedule, total_steps
 

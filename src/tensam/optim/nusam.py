@@ -110,12 +110,11 @@ class NuSAM(TwoPassOptimizer):
                                            self.power_iterations, self.tau)
         torch._foreach_mul_(warm, list((sigma == 0).to(warm[0].dtype).unbind()))
         torch._foreach_add_(warm, us)  # u_i, or the old warm start where sigma_i = 0 (u_i = 0)
-        rho = self.param_groups[0]["rho"]
-        if self.normalized:
-            scale = rho * sigma / (torch.linalg.vector_norm(sigma) + self.tau)
-            torch._foreach_mul_(us, list(scale.to(us[0].dtype).unbind()))
-        else:
-            torch._foreach_mul_(us, rho)
+        rho = torch.tensor(self.group_values("rho", params), dtype=sigma.dtype,
+                           device=sigma.device)  # per param group, like lr
+        scale = rho * sigma / (torch.linalg.vector_norm(sigma) + self.tau) if self.normalized \
+            else rho
+        torch._foreach_mul_(us, list(scale.to(us[0].dtype).unbind()))
         return us, vs
 
     def perturbation(self, params, grads):

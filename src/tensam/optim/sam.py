@@ -17,7 +17,8 @@ class SAM(TwoPassOptimizer):
 
     Algorithm 1, line 5: e_k = rho * g_k / sqrt(sum_j ||g_j||^2), the norm taken over all perturbed
     parameters. With ``adaptive=True`` (ASAM): e = rho * T^2 g / ||T g|| with T = |w| + eta,
-    elementwise.
+    elementwise. ``rho`` is a param-group option: a group may set its own (e.g. a smaller radius
+    for a head), the norm stays global.
     """
 
     def __init__(self, base, rho: float = 0.05, adaptive: bool = False, eta: float = 0.01,
@@ -30,13 +31,17 @@ class SAM(TwoPassOptimizer):
         self.adaptive, self.eta = adaptive, eta
 
     def perturbation(self, params, grads):
-        rho = self.param_groups[0]["rho"]
         if not self.adaptive:
-            return torch._foreach_mul(grads, rho / (global_norm(grads) + 1e-12))
-        scale = torch._foreach_abs(params)
-        torch._foreach_add_(scale, self.eta)
-        tg = torch._foreach_mul(grads, scale)
-        torch._foreach_mul_(tg, scale)  # T^2 g
-        norm = global_norm(torch._foreach_mul(grads, scale))  # ||T g||
-        torch._foreach_mul_(tg, rho / (norm + 1e-12))
-        return tg
+            direction, norm = grads, global_norm(grads)
+        else:
+            scale = torch._foreach_abs(params)
+            torch._foreach_add_(scale, self.eta)
+            direction = torch._foreach_mul(grads, scale)
+            norm = global_norm(direction)  # ||T g||
+            torch._foreach_mul_(direction, scale)  # T^2 g
+        rhos = self.group_values("rho", params)
+        if len(set(rhos)) == 1:
+            return torch._foreach_mul(direction, rhos[0] / (norm + 1e-12))
+        e = torch._foreach_mul(direction, 1.0 / (norm + 1e-12))
+        torch._foreach_mul_(e, rhos)
+        return e

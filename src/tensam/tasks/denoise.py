@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from tensam.tasks.base import Task
-from tensam.tensorized import Tucker
 
 BATCHINGS = ("full", "fresh", "entries")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -48,18 +47,14 @@ def low_rank_target(shape: Sequence[int], rank: int, seed: int, dtype) -> torch.
 class Tucker2Denoise(Task):
     """Fit A G B^T to T + a N (Figure 1); scored by the relative error to the clean T."""
 
+    metrics = {"rel_error": False, "loss_full": False}
     primary_metric = "rel_error"
-    higher_is_better = False
-    models = ("tucker2",)
 
     def __init__(self, shape=(20, 20), target_rank: int = 3, noise: float = 0.0,
                  batching: str = "full", batch_size: int = 0, data_seed: int = 0,
-                 rank=(3, 3), init: str = "normal", init_std: float = 0.3,
-                 init_scales=(1.0, 1.0, 1.0), seed: int = 0, dtype: str = "float32"):
+                 dtype: str = "float32"):
         if len(shape) != 2:
             raise ValueError(f"task.shape={list(shape)} must have 2 entries (a matrix)")
-        if len(rank) != 2:
-            raise ValueError(f"model.rank={list(rank)} must have 2 entries (Tucker-2)")
         if not 1 <= target_rank <= min(shape):
             raise ValueError(f"task.target_rank={target_rank} must be in [1, {min(shape)}]")
         if noise < 0:
@@ -68,14 +63,11 @@ class Tucker2Denoise(Task):
             raise ValueError(f"task.batching={batching!r} is not one of {list(BATCHINGS)}")
         if batching == "entries" and batch_size <= 0:
             raise ValueError(f"task.batching='entries' needs task.batch_size > 0, got {batch_size}")
-        if len(init_scales) != 3:
-            raise ValueError(f"model.init_scales={list(init_scales)} must have 3 entries (G, A, B)")
         if dtype not in DTYPES:
             raise ValueError(f"task.dtype={dtype!r} is not one of {list(DTYPES)}")
-        self.shape, self.rank, self.noise = tuple(shape), tuple(rank), float(noise)
+        self.shape, self.noise = tuple(shape), float(noise)
         self.batching, self.batch_size, self.data_seed = batching, int(batch_size), data_seed
-        self.init, self.init_std, self.seed = init, init_std, seed
-        self.init_scales, self.dtype = tuple(float(s) for s in init_scales), DTYPES[dtype]
+        self.dtype = DTYPES[dtype]
         self.target = low_rank_target(self.shape, target_rank, data_seed, self.dtype)
         self.device = torch.device("cpu")
         self.observed = self.target + self.noise * self.draw_noise(key=0)  # Y = T + a N_0
@@ -90,12 +82,9 @@ class Tucker2Denoise(Task):
         gen = keyed_generator(self.data_seed, key)  # CPU stream: same draws on every device
         return torch.randn(self.shape, generator=gen, dtype=self.dtype).to(self.device)
 
-    def build_model(self) -> nn.Module:
-        model = Tucker(self.shape, self.rank, init=self.init, seed=self.seed, std=self.init_std,
-                       dtype=self.dtype)
-        with torch.no_grad():
-            torch._foreach_mul_(list(model.cores()), list(self.init_scales))
-        return model
+    def model_inputs(self) -> dict:
+        """A Tucker-2 model (``configs/model/tucker2.yaml``) of the matrix's shape and dtype."""
+        return {"shape": self.shape, "dtype": self.dtype}
 
     def batch(self, step: int):
         """``None`` (full), the observation Y_t (fresh), or sampled flat indices (entries)."""

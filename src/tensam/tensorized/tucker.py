@@ -34,12 +34,17 @@ class Tucker(nn.Module):
 
     ``init="uniform"`` draws every entry from U[0, 1) with a NumPy ``RandomState(seed)``, exactly
     as ``tensorly.random.random_tucker`` (factors first, mode by mode, then the core);
-    ``init="normal"`` draws N(0, std^2) entries from a torch generator.
+    ``init="normal"`` draws N(0, std^2) entries from a torch generator. ``scales`` multiplies the
+    K = d + 1 cores (core first) after the draw, e.g. for an unbalanced start (Figure 1).
     """
 
     def __init__(self, shape: Sequence[int], rank: Sequence[int], init: str = "uniform",
-                 seed: int = 0, std: float = 0.1, dtype: torch.dtype = torch.float32):
+                 seed: int = 0, std: float = 0.1, dtype: torch.dtype = torch.float32,
+                 scales: Sequence[float] | None = None):
         super().__init__()
+        if not isinstance(rank, Sequence) or not all(isinstance(r, int) for r in rank):
+            raise ValueError(f"model.rank={rank!r} must be a list of positive integers, one per "
+                             f"mode of the shape {list(shape)}")
         shape, rank = tuple(int(s) for s in shape), tuple(int(r) for r in rank)
         if len(rank) != len(shape):
             raise ValueError(f"model.rank={list(rank)} has {len(rank)} entries but the tensor has "
@@ -61,6 +66,12 @@ class Tucker(nn.Module):
             core = torch.randn(rank, generator=gen, dtype=dtype) * std
             factors = [torch.randn(s, r, generator=gen, dtype=dtype) * std
                        for s, r in zip(shape, rank, strict=False)]
+        if scales is not None:
+            if len(scales) != len(shape) + 1:
+                raise ValueError(f"model.scales={list(scales)} must have {len(shape) + 1} entries "
+                                 "(core, then one per factor)")
+            core, factors = core * scales[0], [f * c for f, c in zip(factors, scales[1:],
+                                                                       strict=True)]
         self.core = nn.Parameter(core)
         self.factors = nn.ParameterList(nn.Parameter(f) for f in factors)
 

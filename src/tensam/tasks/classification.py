@@ -1,0 +1,88 @@
+"""Classification from data loaders: the task seam for minibatch training (CIFAR-10, GLUE, ...).
+
+Training batches come from a ``DataLoader`` over a ``DistributedSampler`` (one replica outside
+``torchrun``) whose epoch is set every epoch, so each rank sees its own shard and every epoch a
+new, seeded order; a run resumed at step t draws exactly the batches an uninterrupted run would
+(the epoch's order is rebuilt and its first batches skipped by index, nothing is loaded twice).
+Batches are moved to the model's device. Evaluation runs over the evaluation set in batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, DistributedSampler
+
+from tensam.tasks.base import Task
+
+
+class Classification(Task):
+    """Cross-entropy on ``data.train`` (``data`` a :mod:`tensam.data` set); accuracy and mean
+    loss on ``data.eval``."""
+
+    metrics = {"accuracy": True, "loss": False}
+    primary_metric = "accuracy"
+
+    def __init__(self, data, batch_size: int = 128, eval_batch_size: int = 512,
+                 num_workers: int = 0, data_seed: int = 0):
+        if batch_size < 1 or eval_batch_size < 1 or num_workers < 0:
+            raise ValueError(f"task.batch_size={batch_size}, task.eval_batch_size="
+                             f"{eval_batch_size} must be >= 1 and task.num_workers >= 0")
+        self.data, self.batch_size, self.eval_batch_size = data, batch_size, eval_batch_size
+        self.num_workers, self.data_seed = num_workers, data_seed
+        self.rank, self.world = ((dist.get_rank(), dist.get_world_size())
+                                 if dist.is_initialized() else (0, 1))
+        self.steps_per_epoch = len(data.train) // (batch_size * self.world)
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"task.batch_size={batch_size} x {self.world} process(es) exceeds "
+                             f"the {len(data.train)} training examples")
+        self.device = torch.device("cpu")
+
+    def model_inputs(self) -> dict:
+        return {"input_shape": tuple(self.data.input_shape), "num_classes": self.data.num_classes}
+
+    def to(self, device: torch.device) -> Classification:
+        self.device = torch.device(device)
+        return self
+
+    def _loader(self, dataset, batch_size: int, sampler=None) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=False,
+                          num_workers=self.num_workers,
+                          pin_memory=self.device.type == "cuda")
+
+    def _to_device(self, batch):
+        x, y = batch
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def epoch_indices(self, epoch: int) -> list[int]:
+        """This rank's example order in ``epoch`` (whole batches only)."""
+        sampler = DistributedSampler(self.data.train, num_replicas=self.world, rank=self.rank,
+                                     shuffle=True, seed=self.data_seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        return list(sampler)[: self.steps_per_epoch * self.batch_size]
+
+    def batches(self, start_step: int = 0) -> Iterator:
+        epoch, skip = divmod(start_step, self.steps_per_epoch)
+        while True:
+            order = self.epoch_indices(epoch)[skip * self.batch_size:]
+            for batch in self._loader(self.data.train, self.batch_size, sampler=order):
+                yield self._to_device(batch)
+            epoch, skip = epoch + 1, 0
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(model(x), y)
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        correct, total, loss = 0, 0, 0.0
+        for batch in self._loader(self.data.eval, self.eval_batch_size):
+            x, y = self._to_device(batch)
+            logits = model(x)
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            total += len(y)
+        return {"accuracy": correct / total, "loss": loss / total}
