@@ -395,3 +395,18 @@ def test_restore_puts_back_scheduler_and_rng(tmp_path):
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters(),
                                                  strict=True))
+
+
+def test_each_rank_gets_its_own_shard_and_each_epoch_a_new_order():
+    from tensam.data import GaussianBlobs
+    from tensam.tasks import Classification
+
+    data = GaussianBlobs(n_train=100, n_eval=10)
+    task = Classification(data, batch_size=8)
+    shards = []
+    for rank in (0, 1):
+        task.rank, task.world, task.steps_per_epoch = rank, 2, 100 // 16
+        shards.append(task.epoch_indices(0))
+    assert len(shards[0]) == len(shards[1]) == 6 * 8 and not set(shards[0]) & set(shards[1])
+    assert task.epoch_indices(1) != task.epoch_indices(0)  # set_epoch reshuffles
+    assert task.epoch_indices(1) == task.epoch_indices(1)  # seeded
