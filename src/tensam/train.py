@@ -176,7 +176,7 @@ def run(cfg: DictConfig, run_dir: Path, progress: bool = False) -> dict:
               if rank == 0 else None)
     summary = train(task, model, optimizer, loop, run_dir, logger, scheduler, state,
                     where.fingerprint, settings)
-    summary.update({"primary_metric": task.primary_metric, "objective": key,
+    summary.update({"primary_metric": task.primary_metric, "objective": key, "data": task.info(),
                     "baselines": task.baselines() if container["baselines"] and rank == 0
                     else {},
                     "fingerprint": where.fingerprint, "settings": settings,

@@ -55,6 +55,11 @@ class Task(ABC):
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """The metrics of ``model`` (called in eval mode, without gradients)."""
 
+    def info(self) -> dict[str, Any]:
+        """Facts about the data this run used, for its summary (split sizes, measured label
+        noise, ...)."""
+        return {}
+
     def baselines(self) -> dict[str, dict[str, float]]:
         """Non-gradient reference solutions (e.g. HOOI), evaluated with the same metrics."""
         return {}
