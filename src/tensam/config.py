@@ -19,6 +19,9 @@ from typing import Any
 NOT_TRAJECTORY = ("logger", "log_every", "eval_every", "checkpoint_every", "keep_best", "resume",
                   "threads", "device", "progress", "objective", "name", "baselines", "hydra",
                   "presets")
+#: leaf keys that say where data lives or how it is loaded, not what it is (a run moved to a
+#: machine with other paths still resumes)
+NOT_TRAJECTORY_LEAVES = ("root", "cache_dir", "num_workers")
 RESUMES = ("auto", "never", "must")
 PRECISIONS = ("fp32", "bf16")
 PROGRESS = ("auto", True, False)
@@ -75,7 +78,8 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def trajectory_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Every setting that shapes the trajectory, as dotted keys -> values."""
-    return _flatten({k: v for k, v in cfg.items() if k not in NOT_TRAJECTORY})
+    flat = _flatten({k: v for k, v in cfg.items() if k not in NOT_TRAJECTORY})
+    return {k: v for k, v in flat.items() if k.rsplit(".", 1)[-1] not in NOT_TRAJECTORY_LEAVES}
 
 
 def fingerprint(settings: Mapping[str, Any]) -> str:

@@ -49,10 +49,9 @@ class Classification(Task):
         self.device = torch.device(device)
         return self
 
-    def _loader(self, dataset, batch_size: int, sampler=None) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=False,
-                          num_workers=self.num_workers,
-                          pin_memory=self.device.type == "cuda")
+    def _loader(self, dataset, **batching) -> DataLoader:
+        return DataLoader(dataset, num_workers=self.num_workers,
+                          pin_memory=self.device.type == "cuda", **batching)
 
     def _to_device(self, batch):
         x, y = batch
@@ -65,22 +64,32 @@ class Classification(Task):
         sampler.set_epoch(epoch)
         return list(sampler)[: self.steps_per_epoch * self.batch_size]
 
-    def batches(self, start_step: int = 0) -> Iterator:
+    def batch_indices(self, start_step: int = 0) -> Iterator[list[int]]:
+        """This rank's example indices of each training batch from ``start_step`` on: the
+        epochs' orders in turn, the first epoch's earlier batches skipped by index."""
         epoch, skip = divmod(start_step, self.steps_per_epoch)
         while True:
-            order = self.epoch_indices(epoch)[skip * self.batch_size:]
-            for batch in self._loader(self.data.train, self.batch_size, sampler=order):
-                yield self._to_device(batch)
+            order = self.epoch_indices(epoch)
+            for i in range(skip, self.steps_per_epoch):
+                yield order[i * self.batch_size:(i + 1) * self.batch_size]
             epoch, skip = epoch + 1, 0
+
+    def batches(self, start_step: int = 0) -> Iterator:
+        for batch in self._loader(self.data.train, batch_sampler=self.batch_indices(start_step)):
+            yield self._to_device(batch)
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         x, y = batch
         return F.cross_entropy(model(x), y)
 
+    def eval_batches(self) -> Iterator:
+        """The evaluation set in batches of ``eval_batch_size``, on the task's device."""
+        for batch in self._loader(self.data.eval, batch_size=self.eval_batch_size):
+            yield self._to_device(batch)
+
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         correct, total, loss = 0, 0, 0.0
-        for batch in self._loader(self.data.eval, self.eval_batch_size):
-            x, y = self._to_device(batch)
+        for x, y in self.eval_batches():
             logits = model(x)
             loss += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
