@@ -7,14 +7,16 @@ A module takes part by implementing a single method::
     def cores(self) -> Sequence[torch.Tensor]: ...
 
 returning its K cores in a fixed order, or, the common idiom, holds them in an attribute
-``self.cores = nn.ParameterList([...])`` (a sequence of parameters instead of a method). Nothing
-else is required: optimizers (DAS, BAR) and metrics (Norm Deviation Q, Cov) find "the cores of
-each layer" through :func:`core_groups` and never look at the factorization.
+``self.cores = nn.ParameterList([...])`` (a sequence of parameters instead of a method). A class
+one cannot edit (a third-party layer, e.g. peft's LoRA ``Linear``) takes part through
+:func:`register_cores`. Nothing else is required: optimizers (DAS, BAR) and metrics (Norm
+Deviation Q, Cov) find "the cores of each layer" through :func:`core_groups` and never look at
+the factorization.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -29,13 +31,27 @@ class Factorized(Protocol):
     def cores(self) -> Sequence[torch.Tensor]: ...
 
 
+#: module class -> the function giving the cores of its instances (see :func:`register_cores`)
+_REGISTERED: dict[type, Callable[[nn.Module], Sequence[torch.Tensor]]] = {}
+
+
+def register_cores(module_type: type, cores: Callable[[nn.Module], Sequence[torch.Tensor]]):
+    """Make every instance of ``module_type`` (and of its subclasses) a core group whose cores are
+    ``cores(module)``: the protocol for classes that cannot define ``cores()`` themselves."""
+    _REGISTERED[module_type] = cores
+
+
 def cores_of(module: nn.Module) -> tuple[torch.Tensor, ...] | None:
-    """The cores a module exposes: ``module.cores()``, or the parameters of a ``cores``
-    attribute that is an ``nn.ParameterList`` (or a sequence of tensors); None if it has none."""
+    """The cores a module exposes: those of a :func:`register_cores` function for its class,
+    ``module.cores()``, or the parameters of a ``cores`` attribute that is an
+    ``nn.ParameterList`` (or a sequence of tensors); None if it has none."""
+    registered = next((_REGISTERED[c] for c in type(module).__mro__ if c in _REGISTERED), None)
     cores = getattr(module, "cores", None)
-    if cores is None or isinstance(module, type):
+    if registered is not None:
+        found = tuple(registered(module))
+    elif cores is None or isinstance(module, type):
         return None
-    if isinstance(cores, (nn.ParameterList, list, tuple)):
+    elif isinstance(cores, (nn.ParameterList, list, tuple)):
         found = tuple(cores)
     elif callable(cores) and not isinstance(cores, nn.Module):
         found = tuple(cores())

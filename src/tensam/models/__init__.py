@@ -1,6 +1,7 @@
 """Models built from ``_target_`` configs (``configs/model``)."""
 
+from tensam.models.hf import HFModel
 from tensam.models.mlp import MLP, decay_groups
 from tensam.models.resnet import ResNet
 
-__all__ = ["MLP", "ResNet", "decay_groups"]
+__all__ = ["HFModel", "MLP", "ResNet", "decay_groups"]

@@ -11,6 +11,7 @@ from tensam.tasks.base import Task
 from tensam.tasks.classification import Classification
 from tensam.tasks.completion import TuckerCompletion
 from tensam.tasks.denoise import Tucker2Denoise
+from tensam.tasks.glue import GlueFewShot
 from tensam.tasks.vision import ImageClassification
 
 
@@ -54,5 +55,5 @@ def build_model(model_cfg: Mapping, task: Task) -> nn.Module:
     return _instantiate(model_cfg, "model", **inputs)
 
 
-__all__ = ["Classification", "ImageClassification", "Task", "Tucker2Denoise", "TuckerCompletion",
-           "build_model", "build_task", "task_class"]
+__all__ = ["Classification", "GlueFewShot", "ImageClassification", "Task", "Tucker2Denoise",
+           "TuckerCompletion", "build_model", "build_task", "task_class"]

@@ -1,0 +1,39 @@
+"""The LoRA baseline through peft, its layers made core groups of K = 2.
+
+LoRA (Hu et al., 2022) adds dW = (alpha / r) B A with A (r x I) Kaiming-uniform and B (O x r)
+zero-initialised. peft's ``lora.Linear`` cannot be given a ``cores()`` method without patching
+peft, so importing this module registers it with :func:`tensam.cores.register_cores`: the cores
+of a LoRA layer are (A, B) of its active adapter -- the (x, y) pair of nBAR/oBAR. The zero B does
+not trouble DAS, which gives a core with ||G||^2 <= eps the scale lambda = 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from peft import LoraConfig, get_peft_model
+from peft.tuners import lora as peft_lora
+from torch import nn
+
+from tensam.cores import register_cores
+
+
+def lora_cores(layer: peft_lora.Linear) -> tuple[nn.Parameter, nn.Parameter]:
+    """(A, B) of the layer's one active adapter (A: r x I, B: O x r)."""
+    if len(layer.active_adapters) != 1:
+        raise ValueError(f"a LoRA layer is one core group only with one active adapter, got "
+                         f"{layer.active_adapters}")
+    (name,) = layer.active_adapters
+    return layer.lora_A[name].weight, layer.lora_B[name].weight
+
+
+register_cores(peft_lora.Linear, lora_cores)
+
+
+def lora(model: nn.Module, r: int = 8, alpha: float = 16.0,
+         target_modules: Sequence[str] = ("query", "value")) -> nn.Module:
+    """``get_peft_model(model, LoraConfig(r, lora_alpha=alpha, target_modules))``: the base
+    frozen, one LoRA pair per target linear (no dropout)."""
+    config = LoraConfig(r=int(r), lora_alpha=alpha, target_modules=list(target_modules),
+                        lora_dropout=0.0)
+    return get_peft_model(model, config)
