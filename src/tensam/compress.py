@@ -1,0 +1,203 @@
+"""Compression of trained dense layers into Tensor-Train layers by TT-SVD (Sec. 5.2, Table 3).
+
+The paper's Table 3 fine-tunes a pretrained ResNet-18 after compressing its convolutions "using
+Tensor-Train (TT) decomposition, with ranks suggested in [71]" (Yin et al., 2021; Table 9).
+Here a dense layer becomes a tensorized one whose cores are the TT-SVD factors of its weight:
+
+* ``nn.Conv2d`` (Cout, Cin, K, K) -> :class:`~tensam.tensorized.TTConv2d`: the kernel is read as
+  the 3-way tensor T[o, h K + w, i] = W[o, i, h, w] of shape (Cout, K^2, Cin), TTConv2d's layout,
+  and TT-SVD with ranks (r1, r2) gives its cores U (Cout, r1), M (r1, K^2, r2), V (r2, Cin).
+* ``nn.Linear`` (out, in) -> :class:`~tensam.tensorized.CPLinear` of rank r with 1-mode shapes:
+  a 2-core TT, W = A B^T, which TT-SVD makes the truncated SVD (Eckart-Young).
+
+Bias, stride and padding are carried over. :func:`compress` swaps layers by name and reports,
+per layer, the parameters before/after and the relative error ||W - W_tt||_F / ||W||_F.
+
+TT-ResNet-18 (:func:`tt_resnet18`): torchvision's ResNet-18 with the sixteen 3x3 convolutions
+of layer1-layer4 in TT with the ranks of Table 9 (:data:`TT_RESNET18_RANKS`); the stem conv,
+the 1x1 downsample convs, BatchNorm and fc stay dense. Table 9 writes TT-ranks [1, r1, r2, 1]
+and r1 is the bond on the Cout side: cores (Cout, r1), (r1, 9, r2), (r2, Cin) give exactly
+4,448,479 parameters (the paper's 4.4M; dense ResNet-18: 11,689,512), whereas the reverse
+order, (Cout, r2), (r2, 9, r1), (r1, Cin), gives 4,407,519. One rank of the table exceeds what
+its unfolding can hold: layer3.0.conv1 has r2 = 150 > Cin = 128 (see :func:`tt_svd`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from tensam.tensorized import CPLinear, TTConv2d
+
+log = logging.getLogger(__name__)
+
+#: Table 9 (after Yin et al., 2021): TT-ranks (r1, r2) of TT-ResNet-18's 3x3 convolutions,
+#: r1 on the Cout side; [1, r1, r2, 1] in the paper's notation.
+TT_RESNET18_RANKS: dict[str, tuple[int, int]] = {
+    "layer1.0.conv1": (64, 64), "layer1.0.conv2": (64, 64),
+    "layer1.1.conv1": (64, 64), "layer1.1.conv2": (64, 64),
+    "layer2.0.conv1": (120, 60), "layer2.0.conv2": (100, 100),
+    "layer2.1.conv1": (100, 100), "layer2.1.conv2": (100, 100),
+    "layer3.0.conv1": (200, 150), "layer3.0.conv2": (135, 135),
+    "layer3.1.conv1": (135, 135), "layer3.1.conv2": (135, 135),
+    "layer4.0.conv1": (320, 200), "layer4.0.conv2": (170, 170),
+    "layer4.1.conv1": (170, 170), "layer4.1.conv2": (170, 170),
+}
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One compressed layer: its TT-ranks, parameters before/after, ||W - W_tt||_F / ||W||_F
+    (nan on the meta device)."""
+
+    name: str
+    ranks: tuple[int, ...]
+    params_before: int
+    params_after: int
+    rel_error: float
+
+
+def tt_svd(tensor: torch.Tensor, ranks: Sequence[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """TT-SVD (Oseledets, 2011, Algorithm 1) of a d-way tensor, TT-ranks (1, r_1, ..., r_{d-1}, 1).
+
+    Returns the cores G_k (r_{k-1}, n_k, r_k) and the energies delta_k^2 discarded at the d - 1
+    steps (a tensor). Step k takes the SVD U_k S_k V_k^T of the carried matrix C_k
+    (r_{k-1} n_k x n_{k+1} ... n_d), C_1 the first unfolding of the tensor, keeps the leading r_k
+    left singular vectors as G_k and carries C_{k+1} = S_k V_k^T (its first r_k rows); delta_k^2
+    is the sum of the discarded squared singular values. G_d is the last carry. The cores
+    G_1, ..., G_{d-1} are left-orthonormal, so every step is an orthogonal projection and
+    Pythagoras gives
+
+        ||W - W_tt||_F^2 = sum_k delta_k^2  <=  sum_k eps_k^2,
+
+    eps_k^2 the energy beyond rank r_k of the k-th unfolding of W itself (Oseledets' Theorem 2.2;
+    equality for d = 2, where TT-SVD is the truncated SVD). A rank above min of the matrix's
+    sides (Table 9's r2 = 150 at layer3.0.conv1, Cin = 128) takes further left singular vectors
+    from the full SVD, whose singular values are zero: the product is unchanged, the core stays
+    left-orthonormal, and the new bond slices are not zero on both sides of the bond (a
+    stationary point that training would never leave); only columns beyond the matrix's row
+    count are zero.
+    """
+    shape = tensor.shape
+    if len(ranks) != len(shape) - 1 or any(int(r) < 1 for r in ranks):
+        raise ValueError(f"a {len(shape)}-way tensor needs {len(shape) - 1} TT-ranks >= 1, "
+                         f"got {list(ranks)}")
+    cores, discarded = [], []
+    carry, r_prev = tensor, 1
+    for n, r in zip(shape[:-1], map(int, ranks), strict=True):
+        mat = carry.reshape(r_prev * n, -1)
+        u, s, vh = torch.linalg.svd(mat, full_matrices=r > min(mat.shape))
+        discarded.append(s[r:].square().sum())
+        s = s[:r]
+        u, carry = u[:, :r], s[:, None] * vh[:len(s)]
+        cores.append(F.pad(u, (0, r - u.shape[1])).reshape(r_prev, n, r))
+        carry, r_prev = F.pad(carry, (0, 0, 0, r - carry.shape[0])), r
+    cores.append(carry.reshape(r_prev, shape[-1], 1))
+    return cores, torch.stack(discarded)
+
+
+def _conv_to_tt(conv: nn.Conv2d, ranks: Sequence[int]) -> tuple[TTConv2d, torch.Tensor]:
+    """The TTConv2d of ``conv``'s TT-SVD over (Cout, K^2, Cin), and its rebuilt kernel."""
+    k, stride, padding = conv.kernel_size, conv.stride, conv.padding
+    if (conv.groups != 1 or conv.dilation != (1, 1) or k[0] != k[1] or stride[0] != stride[1]
+            or isinstance(padding, str) or padding[0] != padding[1]
+            or conv.padding_mode != "zeros"):
+        raise ValueError(f"TTConv2d needs a square kernel, equal strides and zero paddings, no "
+                         f"groups or dilation; got {conv}")
+    w = conv.weight.detach()
+    cout, cin = w.shape[:2]
+    (u, m, v), _ = tt_svd(w.double().permute(0, 2, 3, 1).reshape(cout, k[0] ** 2, cin), ranks)
+    layer = TTConv2d(cin, cout, k[0], tuple(ranks), stride=stride[0], padding=padding[0],
+                     bias=conv.bias is not None).to(w.device, w.dtype)
+    with torch.no_grad():
+        cores = (u.reshape(cout, -1), m, v.reshape(-1, cin))
+        for factor, core in zip(layer.factors, cores, strict=True):
+            factor.copy_(core)
+    return layer, layer.kernel()
+
+
+def _linear_to_tt(linear: nn.Linear, ranks: Sequence[int]) -> tuple[CPLinear, torch.Tensor]:
+    """The rank-r CPLinear W = A B^T of ``linear``'s truncated SVD, and its rebuilt weight."""
+    w = linear.weight.detach()
+    (a, b), _ = tt_svd(w.double(), ranks)
+    layer = CPLinear((w.shape[1],), (w.shape[0],), ranks[0],
+                     bias=linear.bias is not None).to(w.device, w.dtype)
+    with torch.no_grad():
+        layer.factors[0].copy_(a.reshape(w.shape[0], -1))
+        layer.factors[1].copy_(b.reshape(-1, w.shape[1]).T)
+    return layer, layer.weight_matrix()
+
+
+def tensorize(layer: nn.Module, ranks: int | Sequence[int],
+              name: str = "") -> tuple[nn.Module, LayerReport]:
+    """``layer`` (``nn.Conv2d``: ranks (r1, r2) or r = r1 = r2; ``nn.Linear``: rank r) as a
+    TTConv2d / CPLinear initialised by TT-SVD, with its bias, and the :class:`LayerReport`."""
+    if isinstance(layer, nn.Conv2d):
+        ranks = (ranks, ranks) if isinstance(ranks, int) else tuple(ranks)
+        new, w_tt = _conv_to_tt(layer, ranks)
+    elif isinstance(layer, nn.Linear):
+        ranks = (ranks,) if isinstance(ranks, int) else tuple(ranks)
+        new, w_tt = _linear_to_tt(layer, ranks)
+    else:
+        raise ValueError(f"'{name}' is a {type(layer).__name__}: only nn.Conv2d and nn.Linear "
+                         "are compressed")
+    if layer.bias is not None:
+        with torch.no_grad():
+            new.bias.copy_(layer.bias)
+    w = layer.weight.detach().double()
+    error = torch.linalg.norm(w_tt.detach().double() - w) / torch.linalg.norm(w)
+    error = float("nan") if w.is_meta else error.item()  # meta: shapes and counts only
+    before, after = (sum(p.numel() for p in m.parameters()) for m in (layer, new))
+    return new, LayerReport(name, ranks, before, after, error)
+
+
+def compress(model: nn.Module, ranks: Mapping[str, int | Sequence[int]]) -> list[LayerReport]:
+    """Replace, in place, each layer named in ``ranks`` (``named_modules`` names) by its TT-SVD
+    (:func:`tensorize`) and return the per-layer reports; names that are not Conv2d/Linear
+    modules of ``model`` raise a ValueError naming them, before anything is replaced."""
+    modules = dict(model.named_modules())
+    unknown = [n for n in ranks if not isinstance(modules.get(n), (nn.Conv2d, nn.Linear))]
+    if unknown:
+        raise ValueError(f"no nn.Conv2d or nn.Linear named {unknown} in {type(model).__name__}")
+    reports = []
+    for name, rank in ranks.items():
+        new, report = tensorize(modules[name], rank, name)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, new)
+        reports.append(report)
+    return reports
+
+
+def tt_resnet18(pretrained: bool | str = False, num_classes: int = 1000,
+                input_shape: Sequence[int] = (3, 224, 224)) -> nn.Module:
+    """TT-ResNet-18 of Table 3: torchvision's ResNet-18 compressed by TT-SVD with the ranks of
+    Table 9 (4,448,479 parameters at 1000 classes).
+
+    ``pretrained``: False (torchvision's random init, then TT-SVD), True (``IMAGENET1K_V1``, the
+    paper's), a torchvision weights name (e.g. ``"IMAGENET1K_V1"``), or the path of a saved
+    ``state_dict`` (offline clusters). A ``num_classes`` other than 1000 replaces fc by a fresh
+    ``nn.Linear(512, num_classes)``. The per-layer reports are logged and kept in
+    ``model.compression_report``. Under ``torch.device("meta")`` only the shapes are built.
+    """
+    if input_shape[0] != 3:
+        raise ValueError(f"TT-ResNet-18 takes 3-channel images, got input_shape={input_shape}")
+    path = Path(pretrained) if isinstance(pretrained, str) and Path(pretrained).is_file() else None
+    weights = "IMAGENET1K_V1" if pretrained is True else pretrained
+    weights = None if path or not weights else weights
+    model = torchvision.models.resnet18(weights=weights)
+    if path is not None:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    if num_classes != model.fc.out_features:
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
+    model.compression_report = compress(model, TT_RESNET18_RANKS)
+    for r in model.compression_report:
+        log.info("%s: TT-ranks %s, %d -> %d parameters, relative error %.4f", r.name, r.ranks,
+                 r.params_before, r.params_after, r.rel_error)
+    return model
