@@ -27,31 +27,67 @@ $(NLP_STAMP): $(STAMP)
 	$(PIP) check
 	touch $@
 
-test: venv
+test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv
 	$(PY) -m ruff check src tests scripts $(wildcard train.py)
 
-# Paper artefacts: each writes its table/figure into results/ (see experiments/*/README.md).
+# Paper artefacts (see experiments/*/README.md). Each target trains its grid as Hydra multiruns
+# into a fixed directory under runs/ (git-ignored), then builds its tables and figures into
+# results/. tensam.train.run skips a run directory that holds a finished summary of the same
+# settings (and refuses one of other settings), so an interrupted target resumes when run again,
+# and targets that share runs (Table 1, Figure 2, optimizers) train each of them once.
+#   LAUNCHER=local   2 local processes (src/tensam/configs/hydra/launcher/local.yaml)
+#   LAUNCHER=slurm   a SLURM cluster (launcher/slurm.yaml); e.g. GRID_ARGS=hydra.launcher.partition=cpu
+#   LOGGER=default   also log every run to W&B (mode from WANDB_MODE, offline by default)
+LAUNCHER  ?= local
+LOGGER    ?= disabled
+GRID_ARGS ?=
+MULTIRUN  = $(PY) train.py -m hydra/launcher=$(LAUNCHER) logger=$(LOGGER) $(GRID_ARGS)
+# Table 1's runs, both protocols (50,000 steps), into runs/table1/<protocol>/<optimizer>/seed<k>;
+# checkpoint.pt keeps the final weights (Figure 2, DAS vs Adam). `$$` is a `$` for Hydra.
+TABLE1    = $(MULTIRUN) experiment=table1,table1_paper checkpoint_every=5000 \
+	hydra.sweep.dir=runs/table1
+BY_OPTIMIZER = 'hydra.sweep.subdir=$${task.protocol}/$${hydra:runtime.choices.optimizer}/seed$${seed}'
+# HOOI (Table 1's non-gradient baseline): a run of 0 steps whose summary holds the baselines.
+HOOI      = 'hydra.sweep.subdir=$${task.protocol}/hooi/seed$${seed}' optimizer=none steps=0 \
+	baselines=true
+
 reproduce-table1: venv
-	$(PY) scripts/reproduce_table1.py
-	$(PY) scripts/make_table1.py
+	$(TABLE1) $(BY_OPTIMIZER) optimizer=sam,das,none seed=0,1,2
+	$(TABLE1) $(HOOI) seed=0,1,2
+	$(PY) scripts/table1_diagnostics.py --root runs/table1
+	$(PY) scripts/make_table1.py --root runs/table1
 
+# Figure 1: SGD, SAM, DAS x noise level x batching on Tucker-2 denoising, Q and Cov every step.
 reproduce-fig1: venv
-	$(PY) scripts/reproduce_fig1.py
+	$(MULTIRUN) experiment=fig1 optimizer=sam,das,sgd task.batching=fresh,full \
+		task.noise=0.0,0.5,1.0,2.0 hydra.sweep.dir=runs/fig1 \
+		'hydra.sweep.subdir=$${task.batching}/$${hydra:runtime.choices.optimizer}/noise$${task.noise}'
+	$(PY) scripts/reproduce_fig1.py --root runs/fig1
 
+# Figure 2: the split-0 models of Table 1 (trained here unless reproduce-table1 already did).
 reproduce-fig2: venv
-	$(PY) scripts/reproduce_fig2.py
+	$(TABLE1) $(BY_OPTIMIZER) optimizer=sam,das,none seed=0
+	$(PY) scripts/reproduce_fig2.py --root runs/table1
 
+# The norm-dynamics theorems as one-step measurements (float64); no training runs.
 theory: venv
 	$(PY) scripts/theory.py
 
+# Every optimizer on the Table 1 runs (shared with reproduce-table1) and on the Figure 1 task,
+# then the step-time and memory measurements (runs/optimizers/measure) and the report.
 reproduce-optimizers: venv
-	$(PY) scripts/compare_optimizers.py --full
+	$(TABLE1) $(BY_OPTIMIZER) optimizer=sam,asam,nusam,das,none seed=0,1,2
+	$(MULTIRUN) experiment=fig1 task.batching=fresh task.noise=1.0 log_every=100 \
+		optimizer=sam,asam,nusam,das,none seed=0,1,2 hydra.sweep.dir=runs/optimizers/fig1 \
+		'hydra.sweep.subdir=$${hydra:runtime.choices.optimizer}/seed$${seed}'
+	$(PY) scripts/compare_optimizers.py --table1-root runs/table1 --fig1-root runs/optimizers/fig1
 
 reproduce-all: reproduce-table1 reproduce-fig1 reproduce-fig2 theory reproduce-optimizers bench
 
+# Per-step cost of SAM and DAS vs the base optimizer, timed in one process (no training runs).
 bench: venv
 	$(PY) scripts/bench_optim.py
 

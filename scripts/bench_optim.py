@@ -4,12 +4,13 @@
     .venv/bin/python scripts/bench_optim.py --quick      # short run
     .venv/bin/python scripts/bench_optim.py --profile 200  # where DAS's opt.step() spends time
 
-A step is what ``tensam.training.train`` does: ``train_step`` (zero_grad, forward, backward),
-then ``optimizer.step`` (for SAM including its second forward/backward). Optimizers come from
-``build_optimizer`` on the Hydra-composed ``configs/`` entries, so the benchmark times what training
-runs. All methods of a model live in one process on one thread and are timed interleaved: in every
-block each method runs ``steps`` steps, the method order rotating from block to block, so machine
-noise hits all methods alike; a method's time is the median over blocks of its per-step mean.
+A step is ``tensam.training.train_step``, the step of ``tensam.training.train``:
+``optimizer.step(closure)``, the closure zeroing the gradients and running forward and backward
+(twice for SAM). Optimizers come from ``build_optimizer`` on the Hydra-composed configs, so the
+benchmark times what training runs. All methods of a model live in one process on one thread and
+are timed interleaved: in every block each method runs ``steps`` steps, the method order rotating
+from block to block, so machine noise hits all methods alike; a method's time is the median over
+blocks of its per-step mean.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import pstats
 import statistics
 import sys
@@ -31,31 +31,24 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from _common import REPO, config, machine_info
 from torch import nn
 
 from tensam.logging import atomic_write_text
-from tensam.optim import TwoPassOptimizer, build_optimizer
-from tensam.tasks import build_task
+from tensam.optim import build_optimizer
+from tensam.tasks import build_model, build_task
 from tensam.tasks.base import Task
 from tensam.tensorized.cp import CPLinear
 from tensam.training import train_step
 
-ROOT = Path(__file__).resolve().parents[1]
-PHASES = ("total", "forward_backward", "optimizer_step", "cpu_total")
-
-
-def compose_config(overrides: list[str]) -> dict:
-    """task, model and optimizer entries of ``train.py``'s config under ``overrides``."""
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("task", "model", "optimizer")}
+PHASES = ("total", "cpu_total")
 
 
 class DeepCPRegression(Task):
     """Many small core groups: ``depth`` CPLinear layers with ReLU between them, fitted by MSE
     to random targets on one fixed batch of random inputs (a pure optimizer-overhead workload)."""
+
+    metrics = {"loss": False}
 
     def __init__(self, depth: int = 60, in_shape=(4, 4), out_shape=(4, 4), rank: int = 8,
                  batch_size: int = 64, seed: int = 0):
@@ -65,7 +58,8 @@ class DeepCPRegression(Task):
         self.x = torch.randn(batch_size, math.prod(in_shape), generator=gen)
         self.y = torch.randn(batch_size, math.prod(out_shape), generator=gen)
 
-    def build_model(self) -> nn.Module:
+    def model(self) -> nn.Module:
+        """The same model (seeded) at every call."""
         torch.manual_seed(self.seed)
         layers = [CPLinear(self.in_shape, self.out_shape, self.rank) for _ in range(self.depth)]
         return nn.Sequential(*[m for layer in layers for m in (layer, nn.ReLU())][:-1])
@@ -84,11 +78,12 @@ class DeepCPRegression(Task):
 
 @dataclass
 class Bench:
-    """One model and the Hydra overrides that give each method's optimizer."""
+    """One task, its model and the Hydra overrides that give each method's optimizer."""
 
     key: str
     title: str
     task: Callable[[], Task]
+    model: Callable[[Task], nn.Module]  # a fresh model (the same for every method)
     overrides: dict[str, list[str]]  # method -> overrides; the first method is the base
     targets: dict[str, float]  # method -> max ratio to base
     warmup: int
@@ -98,7 +93,7 @@ class Bench:
 
 def benches(quick: bool) -> list[Bench]:
     table1 = ["experiment=table1"]
-    tucker_cfg = compose_config(table1)
+    tucker_cfg = config(table1)
     sgd = ["optimizer/base=sgd"]
 
     def scale(full: int, short: int) -> int:
@@ -107,14 +102,15 @@ def benches(quick: bool) -> list[Bench]:
     return [
         Bench("tucker", "(a) Tucker completion, Table 1 (COVID 438x6x11, rank (8,6,8), "
               "K = 4, 1 core group), experiment=table1, seed 0 (split 0, uniform init)",
-              lambda: build_task(tucker_cfg["task"], tucker_cfg["model"]),
+              lambda: build_task(tucker_cfg["task"]),
+              lambda task: build_model(tucker_cfg["model"], task),
               {"base": table1 + ["optimizer=adamw"], "sam": table1 + ["optimizer=sam"],
                "das": table1 + ["optimizer=das"]},
               {"sam": 2.05, "das": 1.10},
               warmup=scale(300, 50), blocks=scale(60, 8), steps=scale(200, 50)),
         Bench("cp", "(b) 60 CPLinear layers (4,4)->(4,4), rank 8, ReLU; K = 4, 60 core groups "
               "(240 cores); batch 64, MSE to random targets, seed 0; base optimizer/base=sgd",
-              DeepCPRegression,
+              DeepCPRegression, DeepCPRegression.model,
               {"base": ["optimizer=sgd"], "sam": ["optimizer=sam"] + sgd,
                "das": ["optimizer=das"] + sgd},
               {"sam": 2.05, "das": 1.05},
@@ -125,31 +121,23 @@ def benches(quick: bool) -> list[Bench]:
 class Runner:
     """One method's model and optimizer, stepped exactly as ``tensam.training.train`` does."""
 
-    def __init__(self, task: Task, optimizer_cfg: dict, total_steps: int):
-        self.task, self.model = task, task.build_model()
-        self.optimizer = build_optimizer(optimizer_cfg, self.model, total_steps=total_steps)
-        self.two_pass = isinstance(self.optimizer, TwoPassOptimizer)
+    def __init__(self, task: Task, model: nn.Module, optimizer_cfg: dict, total_steps: int):
+        self.task, self.model = task, model
+        self.optimizer = build_optimizer(optimizer_cfg, model, total_steps=total_steps)
         self.step_index, self.losses = 0, []
 
     def run(self, steps: int) -> dict[str, float]:
-        """Run ``steps`` training steps; seconds per step of each phase (block means): wall-clock
-        total and phases, and the thread's CPU time (``cpu_total``), which excludes time the
-        thread was descheduled by other jobs on the machine."""
-        fb = opt = 0.0
+        """Run ``steps`` training steps; seconds per step: wall-clock (``total``) and the
+        thread's CPU time (``cpu_total``), which excludes time the thread was descheduled by
+        other jobs on the machine."""
         start, cpu_start = time.perf_counter(), time.thread_time()
         for _ in range(steps):
-            t0 = time.perf_counter()
-            loss, closure = train_step(self.task, self.model, self.optimizer,
-                                       self.task.batch(self.step_index))
-            t1 = time.perf_counter()
-            self.optimizer.step(closure) if self.two_pass else self.optimizer.step()
-            t2 = time.perf_counter()
-            fb, opt = fb + t1 - t0, opt + t2 - t1
+            loss = train_step(self.task, self.model, self.optimizer,
+                              self.task.batch(self.step_index))
             self.step_index += 1
         total, cpu = time.perf_counter() - start, time.thread_time() - cpu_start
         self.losses.append(loss.item())
-        return {"total": total / steps, "forward_backward": fb / steps,
-                "optimizer_step": opt / steps, "cpu_total": cpu / steps}
+        return {"total": total / steps, "cpu_total": cpu / steps}
 
 
 def quartiles(x: list[float]) -> tuple[float, float]:
@@ -162,8 +150,8 @@ def measure(bench: Bench) -> dict:
     methods = list(bench.overrides)
     total_steps = bench.warmup + bench.blocks * bench.steps
     task = bench.task()
-    configs = {m: compose_config(o)["optimizer"] for m, o in bench.overrides.items()}
-    runners = {m: Runner(task, configs[m], total_steps) for m in methods}
+    configs = {m: config(o)["optimizer"] for m, o in bench.overrides.items()}
+    runners = {m: Runner(task, bench.model(task), configs[m], total_steps) for m in methods}
     for runner in runners.values():
         runner.run(bench.warmup)
         runner.losses.clear()
@@ -189,14 +177,6 @@ def measure(bench: Bench) -> dict:
     return out
 
 
-def machine() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
-                .splitlines() if ln.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform()}
-
-
 def markdown(report: dict) -> str:
     m, cfg = report["machine"], report["settings"]
     lines = [
@@ -204,14 +184,15 @@ def markdown(report: dict) -> str:
         "",
         f"Command: `{report['command']}`  ",
         f"Date (UTC): {report['date']}  ",
-        f"Machine: {m['cpu']}, {m['cores']} CPU cores, torch {m['torch']} (CPU), "
+        f"Machine: {m['cpu']}, {m['cpus']} CPU cores, torch {m['torch']} (CPU), "
         f"torch threads = {m['threads']}, Python {m['python']}.  ",
         f"Load average before / after: {report['load_before']} / {report['load_after']}. "
         "The machine may have been shared with other jobs during the run; interleaving spreads "
         "that noise over all methods, but absolute times are only indicative.",
         "",
-        "A step = `train_step` (zero_grad, forward, backward) + `optimizer.step` (for SAM with its "
-        "second forward/backward), as in `tensam.training.train`. Optimizers are built by "
+        "A step = `tensam.training.train_step`, the step of `tensam.training.train`: "
+        "`optimizer.step(closure)`, the closure zeroing the gradients and running forward and "
+        "backward (twice for SAM). Optimizers are built by "
         "`tensam.optim.build_optimizer` from the composed Hydra configs listed below. All methods "
         "of a model run in one process, interleaved: each block runs every method for `steps` "
         "steps (order rotating per block); the time of a method is the median over blocks of its "
@@ -227,25 +208,19 @@ def markdown(report: dict) -> str:
         lines += [f"## {s['title']}", "",
                   f"Warm-up {s['warmup']} steps per method, then {s['blocks']} blocks x "
                   f"{s['steps']} steps per method.", "",
-                  "| method | optimizer config | ms/step | fwd+bwd ms | opt.step ms | "
-                  "ratio to base | paired ratio IQR | CPU-time ratio | target | result |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+                  "| method | optimizer config | ms/step | ratio to base | paired ratio IQR | "
+                  "CPU-time ratio | target | result |",
+                  "|---|---|---:|---:|---:|---:|---:|---|"]
         for method, r in bench.items():
             ms, lo_hi = r["ms_per_step"], r["paired_ratio_iqr"]
             target = "" if r["target"] is None else f"<= {r['target']:.2f}x"
             verdict = "" if r["pass"] is None else ("PASS" if r["pass"] else "FAIL")
             lines.append(
                 f"| {method} | `{' '.join(s['overrides'][method])}` | {ms['total']:.3f} | "
-                f"{ms['forward_backward']:.3f} | {ms['optimizer_step']:.3f} | {r['ratio']:.3f}x | "
-                f"{lo_hi[0]:.3f}-{lo_hi[1]:.3f} | {r['cpu_ratio']:.3f}x | {target} | {verdict} |")
-        base = next(iter(bench.values()))["ms_per_step"]
-        share = base["optimizer_step"] / (base["forward_backward"] + base["optimizer_step"])
+                f"{r['ratio']:.3f}x | {lo_hi[0]:.3f}-{lo_hi[1]:.3f} | {r['cpu_ratio']:.3f}x | "
+                f"{target} | {verdict} |")
         lines += ["", "Composed optimizer configs: " + "; ".join(
-            f"{m} `{json.dumps(r['optimizer'])}`" for m, r in bench.items()) + "."]
-        lines += ["", f"Base optimizer alone: forward+backward {base['forward_backward']:.3f} ms, "
-                  f"optimizer step {base['optimizer_step']:.3f} ms ({100 * share:.0f}% of the "
-                  "step). Phase medians are taken separately, so they need not add up to the "
-                  "ms/step column.", "",
+            f"{m} `{json.dumps(r['optimizer'])}`" for m, r in bench.items()) + ".", "",
                   "Train loss after the first / last timed block (the runs stayed finite; (b) is "
                   "a timing workload, not a learning task): "
                   + "; ".join(f"{m} {r['loss_first_block']:.4g} / {r['loss_last_block']:.4g}"
@@ -257,12 +232,12 @@ def markdown(report: dict) -> str:
 
 def profile(bench: Bench, steps: int) -> None:
     """Top ops (torch.profiler) and Python functions (cProfile) of ``steps`` opt.step() calls of
-    the base optimizer and DAS, gradients fixed from one backward pass."""
+    the base optimizer and DAS (one-pass methods), gradients fixed from one training step."""
     task = bench.task()
     for method in ("base", "das"):
-        runner = Runner(task, compose_config(bench.overrides[method])["optimizer"], steps)
-        runner.run(bench.warmup)
-        train_step(task, runner.model, runner.optimizer, task.batch(0))
+        runner = Runner(task, bench.model(task), config(bench.overrides[method])["optimizer"],
+                        steps)
+        runner.run(bench.warmup)  # leaves the last step's gradients on .grad
         start = time.perf_counter()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             for _ in range(steps):
@@ -283,7 +258,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short run (few blocks)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="profile N opt.step() calls of base and DAS instead of timing")
-    parser.add_argument("--out", type=Path, default=ROOT / "results",
+    parser.add_argument("--out", type=Path, default=REPO / "results",
                         help="directory for bench_optim.md and bench_optim.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -294,7 +269,7 @@ def main() -> None:
     load_before = os.getloadavg()
     report = {"command": " ".join([".venv/bin/python", "scripts/bench_optim.py", *sys.argv[1:]]),
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-              "machine": machine(), "quick": args.quick, "settings": {}, "benches": {}}
+              "machine": machine_info(), "quick": args.quick, "settings": {}, "benches": {}}
     for bench in benches(args.quick):
         report["settings"][bench.key] = {"title": bench.title, "overrides": bench.overrides,
                                          "warmup": bench.warmup, "blocks": bench.blocks,

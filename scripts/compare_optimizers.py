@@ -1,16 +1,20 @@
 """Every optimizer on the paper's tasks, plus overhead and memory -> results/optimizers.{md,csv}.
 
-One invocation measures, for SGD/Adam(W), SAM, ASAM, nuSAM, DAS, nBAR and oBAR:
+Builds the report of ``make reproduce-optimizers`` for SGD/Adam(W), SAM, ASAM, nuSAM, DAS, nBAR
+and oBAR:
 
-(i) the task tables: ``experiment=table1``, ``experiment=table1_paper`` (COVID Tucker completion,
-    K = 4) and ``experiment=fig1`` with ``task.batching=fresh task.noise=1.0`` (Tucker-2
-    denoising, K = 3), seeds 0, 1, 2: final primary metric (the experiment's ``objective``),
-    final Norm Deviation Q and its reduction vs the base optimizer on the same seed, time per
-    step vs the base optimizer (interleaved timing on the seed-0 model, see (ii)) and extra
-    memory. nBAR/oBAR are defined for K = 2 core groups only and are reported as not applicable
-    on these models. SAM and DAS take the experiment's rho/alpha (the paper's values); ASAM,
-    nuSAM, nBAR and oBAR keep their own configs' values for any key the experiment pins;
-    :func:`own_overrides` derives those overrides and the report lists them.
+(i) the task tables, from the Hydra multiruns of the Makefile: ``experiment=table1`` and
+    ``experiment=table1_paper`` (COVID Tucker completion, K = 4; Table 1's runs,
+    ``<table1-root>/<protocol>/<optimizer>/seed<k>``) and ``experiment=fig1`` with
+    ``task.batching=fresh task.noise=1.0`` (Tucker-2 denoising, K = 3;
+    ``<fig1-root>/<optimizer>/seed<k>``), seeds 0, 1, 2, optimizer ``none`` (the experiment's
+    base alone), ``sam``, ``asam``, ``nusam``, ``das``: final primary metric (the experiment's
+    ``objective``), final Norm Deviation Q and its reduction vs the base optimizer on the same
+    seed, time per step vs the base optimizer (interleaved timing on the seed-0 model, see (ii))
+    and extra memory. nBAR/oBAR are defined for K = 2 core groups only: the report says why they
+    refuse these models. Every optimizer reads its own entry of the experiment's ``presets``, so
+    SAM and DAS take the experiment's rho/alpha (the paper's values) and ASAM, nuSAM, nBAR and
+    oBAR their own configs' values.
 (ii) the timing tables on many-core-groups models, reusing ``scripts/bench_optim.py``'s
     interleaved measurement (one process, one thread, round-robin blocks, median ratio):
     60 CPLinear((4,4),(4,4),8) layers (K = 4: SAM, ASAM, nuSAM, DAS vs SGD) and
@@ -20,18 +24,18 @@ One invocation measures, for SGD/Adam(W), SAM, ASAM, nuSAM, DAS, nBAR and oBAR:
     nuSAM(restore=copy), target nuSAM < 1% of SAM's.
 
 Extra memory (:func:`extra_memory`) = the largest net growth of live tensor storages after the
-optimizer is built, excluding the base optimizer's state: probed at the start of the second
-forward pass (two-pass methods) and after the step (state kept between steps). Storages freed
-in exchange count negatively (DAS/BAR re-home the cores into one flat buffer).
+optimizer is built, excluding the base optimizer's state: probed after the second backward pass
+(two-pass methods; the gradient at w + e is on ``.grad`` again, the first one was freed) and
+after the step (state kept between steps). Storages freed in exchange count negatively (DAS/BAR
+re-home the cores into one flat buffer).
 
-Jobs run through ``_common.run_jobs`` into ``runs/optimizers/`` and are resumable: training
-runs first (``--workers`` processes), then the measurements on one worker so that the timings
-do not compete with this script's own training runs.
+The measurements are not training runs: each is stored in ``<measure-root>/<name>.json`` and
+redone only when its settings change (delete the file to re-measure). They run after the
+training grids, on one process, so the timings do not compete with them.
 
-    python scripts/compare_optimizers.py                     # reduced steps (table1* 10,000)
-    python scripts/compare_optimizers.py --full              # the protocol: 50,000 / 6000 steps
-    python scripts/compare_optimizers.py --steps table1=5000 table1_paper=5000 fig1=6000
-    python scripts/compare_optimizers.py --quick --out /tmp/opt   # smoke test
+    python scripts/compare_optimizers.py [--table1-root runs/table1]
+        [--fig1-root runs/optimizers/fig1] [--measure-root runs/optimizers/measure]
+    python scripts/compare_optimizers.py --quick --measure-root /tmp/m --out /tmp/opt
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ import argparse
 import csv
 import gc
 import io
+import json
 import os
-import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,36 +53,31 @@ from pathlib import Path
 import torch
 from _common import (
     REPO,
-    Job,
-    append_jsonl,
-    compose,
+    build,
+    cached,
+    config,
     fmt_mean_std,
-    load_summaries,
     machine_info,
     markdown_table,
     mean_std,
-    read_jsonl,
-    resolved,
-    run_jobs,
-    write_summary,
 )
-from bench_optim import Bench, DeepCPRegression, compose_config, measure
-from omegaconf import OmegaConf
+from bench_optim import Bench, DeepCPRegression, measure
 from torch import nn
 
 from tensam.cores import core_groups
 from tensam.logging import atomic_write_text
-from tensam.optim import METHODS, TwoPassOptimizer, build_optimizer
-from tensam.tasks import build_task
-from tensam.train import run
+from tensam.optim import build_optimizer
+from tensam.tasks import build_model
 
-SEEDS = (0, 1, 2)
-#: method configs (configs/optimizer/<name>.yaml) compared against the experiment's base optimizer
-METHOD_CONFIGS = ("sam", "asam", "nusam", "das", "nbar", "obar")
-#: configs whose hyperparameters come from their own papers, not from the experiment's pins
-OWN_CONFIG = ("asam", "nusam", "nbar", "obar")
+#: method -> optimizer config (configs/optimizer/<name>.yaml); "base": the experiment's base alone
+CONFIGS = {"base": "none", "sam": "sam", "asam": "asam", "nusam": "nusam", "das": "das",
+           "nbar": "nbar", "obar": "obar"}
 LABELS = {"sam": "SAM", "asam": "ASAM", "nusam": "nuSAM", "das": "DAS", "nbar": "nBAR",
           "obar": "oBAR", "sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
+#: the hyperparameters each method's row shows (read from the runs' stored configs)
+SHOWN = {"sam": ("rho",), "asam": ("rho", "eta"), "nusam": ("rho", "power_iterations"),
+         "das": ("alpha", "alpha_schedule"), "nbar": ("alpha", "alpha_schedule"),
+         "obar": ("alpha", "alpha_schedule")}
 #: where each optimizer's hyperparameters come from (configs/optimizer/*.yaml, the papers)
 SOURCES = {
     "sam": "rho: the experiment's (table1*: 0.01, DAS paper App. B; fig1: 0.1, our choice, the "
@@ -92,20 +91,25 @@ SOURCES = {
     "nbar": "mu_0 = alpha 0.5, linear schedule (BAR paper, Tables 6 and 8)",
     "obar": "mu_0 = alpha 0.5, linear schedule (BAR paper, Tables 6 and 8)",
 }
+SEEDS = (0, 1, 2)
 
 
 @dataclass(frozen=True)
 class Experiment:
-    """One task table: a Hydra experiment, extra overrides, the base optimizer and the paper's
-    numbers (at the experiment's full step count) for the primary metric."""
+    """One task table: a Hydra experiment and its extra overrides, where its runs live (``root``
+    of the command line, then ``subdir``) and the paper's numbers (at the experiment's full
+    step count) for the primary metric."""
 
     name: str
     title: str
     overrides: tuple[str, ...]
-    base: str
+    root: str  # "table1" | "fig1"
+    subdir: str
     paper: dict[str, float]
-    reduced_steps: int
-    log_every: int
+
+    def compose(self, method: str, *extra: str) -> dict:
+        return config([f"experiment={self.name}", *self.overrides,
+                       f"optimizer={CONFIGS[method]}", *extra])
 
 
 #: the paper's Table 1 (R2, mean of 3 splits, 50,000 steps); it does not name a protocol
@@ -113,63 +117,41 @@ PAPER_TABLE1 = {"base": 0.9482, "sam": 0.9485, "das": 0.9484}
 EXPERIMENTS = (
     Experiment("table1", "Table 1 task, protocol heldout (`experiment=table1`): COVID Tucker "
                "completion, rank (8,6,8), K = 4, AdamW base, metric R2 on the 70% held-out "
-               "entries", (), "adam", PAPER_TABLE1, 10000, 1000),
+               "entries", (), "table1", "heldout", PAPER_TABLE1),
     Experiment("table1_paper", "Table 1 task, protocol paper (`experiment=table1_paper`): "
                "Bernoulli(0.3) mask, sum of squared errors, K = 4, Adam base, metric R2 on "
-               "the observed entries", (), "adam", PAPER_TABLE1, 10000, 1000),
+               "the observed entries", (), "table1", "paper", PAPER_TABLE1),
     Experiment("fig1", "Figure 1 task (`experiment=fig1 task.batching=fresh task.noise=1.0`): "
                "Tucker-2 denoising A G B^T, K = 3, SGD base (no momentum), metric relative "
                "error to the clean target (lower is better)",
-               ("task.batching=fresh", "task.noise=1.0"), "sgd", {}, 6000, 100),
+               ("task.batching=fresh", "task.noise=1.0"), "fig1", "", {}),
 )
-QUICK_STEPS = 60
 
 
-def hydra_value(value) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def optimizer_of(overrides: list[str]) -> dict:
-    """The resolved ``optimizer`` entry of the config composed with ``overrides``."""
-    return OmegaConf.to_container(compose(overrides).optimizer, resolve=True)
-
-
-def own_overrides(experiment: Experiment, name: str) -> list[str]:
-    """``optimizer.<key>=<own value>`` for every key of config ``name`` that the experiment pins
-    to another value (only for :data:`OWN_CONFIG`; SAM and DAS take the experiment's values)."""
-    if name not in OWN_CONFIG:
-        return []
-    own = optimizer_of([f"optimizer={name}"])
-    pinned = optimizer_of([f"experiment={experiment.name}", f"optimizer={name}"])
-    keys = METHODS[own["method"]]
-    return [f"optimizer.{k}={hydra_value(own[k])}" for k in keys
-            if k in own and pinned.get(k) != own[k]]
-
-
-def method_overrides(experiment: Experiment, name: str) -> list[str]:
-    """Hydra overrides of optimizer ``name`` ('base' or a method config) on ``experiment``."""
-    config = experiment.base if name == "base" else name
-    return [f"experiment={experiment.name}", *experiment.overrides, f"optimizer={config}",
-            *own_overrides(experiment, name)]
-
-
-def not_applicable(overrides: list[str]) -> str | None:
+def not_applicable(experiment: Experiment, method: str) -> str | None:
     """Why the optimizer cannot be built for the experiment's model (None if it can)."""
-    cfg = compose_config(overrides)
-    model = build_task(cfg["task"], cfg["model"]).build_model()
+    cfg = experiment.compose(method)
+    _, model = build(cfg)
     try:
-        build_optimizer(cfg["optimizer"], model, total_steps=int(compose(overrides).steps))
+        build_optimizer(cfg["optimizer"], model, total_steps=cfg["steps"])
     except ValueError as err:
         ks = sorted({g.K for g in core_groups(model)})
         return f"not applicable (K={','.join(map(str, ks))}): {err}"
     return None
 
 
-# ---------------------------------------------------------------------------- jobs
+def load_runs(experiment: Experiment, root: Path) -> dict[str, dict[int, dict]]:
+    """method -> seed -> summary of the experiment's runs under ``root``."""
+    runs: dict[str, dict[int, dict]] = {}
+    for method, name in CONFIGS.items():
+        for seed in SEEDS:
+            path = root / experiment.subdir / name / f"seed{seed}" / "summary.json"
+            if path.exists():
+                runs.setdefault(method, {})[seed] = json.loads(path.read_text())
+    return runs
 
 
-def train_job(run_dir: Path, overrides: list[str]) -> None:
-    run(compose(overrides), run_dir)
+# ---------------------------------------------------------------------------- measurements
 
 
 def live_storages(model: nn.Module) -> dict[int, int]:
@@ -187,7 +169,7 @@ def extra_memory(opt_cfg: dict, model: nn.Module, loss_fn) -> int:
     before = sum(live_storages(model).values())
     optimizer = build_optimizer(opt_cfg, model, total_steps=10)
     base = getattr(optimizer, "base", optimizer)
-    held = []
+    held, calls = [], 0
 
     def probe() -> None:
         state = {t.untyped_storage().data_ptr() for s in base.state.values()
@@ -195,12 +177,18 @@ def extra_memory(opt_cfg: dict, model: nn.Module, loss_fn) -> int:
         held.append(sum(n for p, n in live_storages(model).items() if p not in state) - before)
 
     def closure():
-        probe()
+        nonlocal calls
+        calls += 1
+        optimizer.zero_grad(set_to_none=True)
         loss = loss_fn()
         loss.backward()
-        return loss
+        value = loss.item()  # the losses are not the optimizer's: no tensor stays alive
+        del loss
+        if calls > 1:  # after the second backward of a two-pass method, at w + e
+            probe()
+        return value
 
-    optimizer.step(closure) if isinstance(optimizer, TwoPassOptimizer) else optimizer.step()
+    optimizer.step(closure)
     probe()
     return max(held)
 
@@ -209,41 +197,46 @@ def parameter_bytes(model: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def task_measure_job(run_dir: Path, spec: dict) -> None:
-    """Interleaved step times (bench_optim.measure) and extra memory of every applicable
-    optimizer on the seed-0 model of one experiment."""
-    cfg = {m: compose_config(o) for m, o in spec["overrides"].items()}
-    first = next(iter(cfg.values()))
-    task = build_task(first["task"], first["model"])
-    bench = Bench(spec["name"], spec["name"], lambda: task, spec["overrides"], {},
-                  spec["warmup"], spec["blocks"], spec["steps"])
+def measure_task(experiment: Experiment, methods: list[str], quick: bool) -> dict:
+    """Interleaved step times (bench_optim.measure) and extra memory of ``methods`` on the
+    seed-0 model of ``experiment``."""
+    cfg = experiment.compose("base", "seed=0")
+    task, _ = build(cfg)
+
+    def model(task):
+        return build_model(cfg["model"], task)
+
+    overrides = {m: [f"experiment={experiment.name}", *experiment.overrides,
+                     f"optimizer={CONFIGS[m]}", "seed=0"] for m in methods}
+    bench = Bench(experiment.name, experiment.name, lambda: task, model, overrides, {},
+                  20 if quick else 200, 4 if quick else 30, 10 if quick else 100)
     load = os.getloadavg()
     timing = measure(bench)
     memory = {}
-    for method, c in cfg.items():
-        model = task.build_model()
-        memory[method] = extra_memory(c["optimizer"], model,
-                                      lambda m=model: task.loss(m, task.batch(0)))
-    write_summary(run_dir, {"timing": timing, "extra_bytes": memory,
-                            "parameter_bytes": parameter_bytes(task.build_model()),
-                            "load_before": load, "load_after": os.getloadavg(),
-                            "machine": machine_info(), "config": spec})
+    for method, opts in overrides.items():
+        fresh = model(task)
+        memory[method] = extra_memory(config(opts)["optimizer"], fresh,
+                                      lambda fresh=fresh: task.loss(fresh, task.batch(0)))
+    return {"timing": timing, "extra_bytes": memory,
+            "parameter_bytes": parameter_bytes(model(task)), "load_before": load,
+            "load_after": os.getloadavg(), "machine": machine_info()}
 
 
-def cp_timing_job(run_dir: Path, spec: dict) -> None:
-    """bench_optim's interleaved timing on ``spec['depth']`` CPLinear layers."""
-    task = DeepCPRegression(spec["depth"], tuple(spec["in_shape"]), tuple(spec["out_shape"]),
-                            spec["rank"])
-    bench = Bench(spec["name"], spec["name"], lambda: task, spec["overrides"], spec["targets"],
-                  spec["warmup"], spec["blocks"], spec["steps"])
+def measure_cp(name: str, in_shape, out_shape, methods: tuple[str, ...], quick: bool) -> dict:
+    """bench_optim's interleaved timing of ``methods`` over SGD on 60 CPLinear layers."""
+    task = DeepCPRegression(60, in_shape, out_shape, 8)
+    sgd = ["optimizer/base=sgd"]
+    overrides = {"base": ["optimizer=sgd"], **{m: [f"optimizer={m}", *sgd] for m in methods}}
+    targets = {m: 1.05 for m in methods if m in ("das", "nbar", "obar")}
+    bench = Bench(name, name, lambda: task, DeepCPRegression.model, overrides, targets,
+                  5 if quick else 20, 4 if quick else 30, 3 if quick else 20)
     load = os.getloadavg()
     timing = measure(bench)
-    model = task.build_model()
-    write_summary(run_dir, {"timing": timing, "cores": sum(g.K for g in core_groups(model)),
-                            "groups": len(core_groups(model)),
-                            "parameter_bytes": parameter_bytes(model), "load_before": load,
-                            "load_after": os.getloadavg(), "machine": machine_info(),
-                            "config": spec})
+    model = task.model()
+    return {"timing": timing, "cores": sum(g.K for g in core_groups(model)),
+            "groups": len(core_groups(model)), "parameter_bytes": parameter_bytes(model),
+            "load_before": load, "load_after": os.getloadavg(), "machine": machine_info(),
+            "warmup": bench.warmup, "blocks": bench.blocks, "steps": bench.steps}
 
 
 class Matrices(nn.Module):
@@ -258,99 +251,33 @@ class Matrices(nn.Module):
         return torch.tanh(self.layers(self.x)).square().mean()
 
 
-def matrices_memory_job(run_dir: Path, spec: dict) -> None:
+MATRICES = {"SAM": ["optimizer=sam"], "ASAM": ["optimizer=asam"], "nuSAM": ["optimizer=nusam"],
+            "nuSAM (restore=copy)": ["optimizer=nusam", "optimizer.restore=copy"]}
+
+
+def measure_matrices(d: int = 1024, depth: int = 4) -> dict:
     """Extra memory of each two-pass method (own config over Adam) on :class:`Matrices`."""
     rows = {}
-    for label, overrides in spec["overrides"].items():
+    for label, overrides in MATRICES.items():
         torch.manual_seed(0)
-        model = Matrices(spec["d"], spec["depth"])
-        opt_cfg = optimizer_of(overrides)
+        model = Matrices(d, depth)
+        opt_cfg = config(overrides)["optimizer"]
         rows[label] = {"extra_bytes": extra_memory(opt_cfg, model, model), "optimizer": opt_cfg}
-    write_summary(run_dir, {"rows": rows, "parameter_bytes": parameter_bytes(Matrices(
-        spec["d"], spec["depth"])), "config": spec})
+    return {"rows": rows, "parameter_bytes": parameter_bytes(Matrices(d, depth))}
 
 
-# ---------------------------------------------------------------------------- the grid
-
-
-def steps_of(args, experiment: Experiment) -> int:
-    if args.quick:
-        return QUICK_STEPS
-    if args.full:
-        return int(compose([f"experiment={experiment.name}"]).steps)
-    return args.steps.get(experiment.name, experiment.reduced_steps)
-
-
-def run_settings(experiment: Experiment, steps: int, seed: int) -> list[str]:
-    log_every = min(experiment.log_every, steps)
-    return [f"steps={steps}", f"seed={seed}", f"log_every={log_every}", "baselines=false",
-            "logger=disabled",
-            "threads=1", f"checkpoint_every={max(steps // 5, 1)}"]
-
-
-def training_jobs(root: Path, plan: dict) -> list[Job]:
-    jobs = []
-    for experiment in EXPERIMENTS:
-        entry = plan[experiment.name]
-        for name, overrides in entry["methods"].items():
-            if entry["not_applicable"].get(name):
-                continue
-            for seed in entry["seeds"]:
-                full = [*overrides, *run_settings(experiment, entry["steps"], seed)]
-                cost = entry["steps"] * (2.0 if name in ("sam", "asam", "nusam") else 1.0)
-                jobs.append(Job(f"{entry['dir']}/{name}/seed{seed}",
-                                root / entry["dir"] / name / f"seed{seed}", train_job, (full,),
-                                resolved(compose(full)), cost))
-    return jobs
-
-
-def cp_spec(name: str, in_shape, out_shape, methods: dict[str, list[str]], quick: bool) -> dict:
-    targets = {m: 1.05 for m in methods if m in ("das", "nbar", "obar")}
-    return {"name": name, "depth": 60, "in_shape": list(in_shape), "out_shape": list(out_shape),
-            "rank": 8, "overrides": methods, "targets": targets,
-            "warmup": 5 if quick else 20, "blocks": 4 if quick else 30,
-            "steps": 3 if quick else 20}
-
-
-def measurement_jobs(root: Path, plan: dict, quick: bool) -> list[Job]:
-    jobs = []
-    for experiment in EXPERIMENTS:
-        entry = plan[experiment.name]
-        spec = {"name": experiment.name,
-                "overrides": {m: [*o, "seed=0"] for m, o in entry["methods"].items()
-                              if not entry["not_applicable"].get(m)},
-                "warmup": 20 if quick else 200, "blocks": 4 if quick else 30,
-                "steps": 10 if quick else 100}
-        jobs.append(Job(f"measure/{experiment.name}", root / "measure" / experiment.name,
-                        task_measure_job, (spec,), spec))
-    sgd = ["optimizer/base=sgd"]
-    k4 = {"base": ["optimizer=sgd"], **{m: [f"optimizer={m}", *sgd]
-                                        for m in ("sam", "asam", "nusam", "das")}}
-    k2 = {"base": ["optimizer=sgd"], **{m: [f"optimizer={m}", *sgd]
-                                        for m in ("nbar", "obar", "das")}}
-    for spec in (cp_spec("cp_k4", (4, 4), (4, 4), k4, quick),
-                 cp_spec("cp_k2", (16,), (16,), k2, quick)):
-        jobs.append(Job(f"measure/{spec['name']}", root / "measure" / spec["name"], cp_timing_job,
-                        (spec,), spec))
-    spec = {"d": 1024, "depth": 4, "overrides": {
-        "SAM": ["optimizer=sam"], "ASAM": ["optimizer=asam"], "nuSAM": ["optimizer=nusam"],
-        "nuSAM (restore=copy)": ["optimizer=nusam", "optimizer.restore=copy"]}}
-    jobs.append(Job("measure/matrices", root / "measure" / "matrices", matrices_memory_job,
-                    (spec,), spec))
-    return jobs
-
-
-def make_plan(args) -> dict:
-    plan = {}
-    for experiment in EXPERIMENTS:
-        steps = steps_of(args, experiment)
-        methods = {name: method_overrides(experiment, name) for name in ("base", *METHOD_CONFIGS)}
-        plan[experiment.name] = {
-            "steps": steps, "full_steps": int(compose([f"experiment={experiment.name}"]).steps),
-            "seeds": list(args.seeds), "dir": f"{experiment.name}-steps{steps}",
-            "methods": methods,
-            "not_applicable": {m: not_applicable(o) for m, o in methods.items()}}
-    return plan
+def measurements(root: Path, applicable: dict[str, list[str]], quick: bool) -> dict:
+    """Every measurement, from ``root`` or measured now (one at a time, one thread)."""
+    out = {e.name: cached(root / f"{e.name}.json", {"methods": applicable[e.name],
+                                                    "quick": quick},
+                          lambda e=e: measure_task(e, applicable[e.name], quick))
+           for e in EXPERIMENTS}
+    for name, shape, methods in (("cp_k4", ((4, 4), (4, 4)), ("sam", "asam", "nusam", "das")),
+                                 ("cp_k2", ((16,), (16,)), ("nbar", "obar", "das"))):
+        out[name] = cached(root / f"{name}.json", {"methods": list(methods), "quick": quick},
+                           lambda n=name, s=shape, m=methods: measure_cp(n, *s, m, quick))
+    out["matrices"] = cached(root / "matrices.json", {"rows": list(MATRICES)}, measure_matrices)
+    return out
 
 
 # ---------------------------------------------------------------------------- the report
@@ -365,24 +292,33 @@ def verdict(r: dict) -> str:
     return "" if r.get("pass") is None else ("PASS" if r["pass"] else "FAIL")
 
 
-def task_rows(experiment: Experiment, entry: dict, runs: dict, measured: dict, csv_rows: list):
+def hyperparameters(method: str, opt: dict) -> str:
+    """The row's method hyperparameters, from a composed optimizer config."""
+    if method == "base":
+        return f"lr {opt['base']['lr']:g}"
+    return ", ".join(f"{k} {opt[k]:g}" if isinstance(opt[k], float) else f"{k} {opt[k]}"
+                     for k in SHOWN[method])
+
+
+def task_rows(experiment: Experiment, runs: dict, na: dict, measured: dict, steps: int,
+              csv_rows: list):
     """Markdown rows of one experiment's table (and its CSV rows)."""
-    metric = str(compose([f"experiment={experiment.name}"]).objective)
+    metric = experiment.compose("base")["objective"]
     rows = []
     base_runs = runs.get("base", {})
-    base_label = LABELS[optimizer_of(entry["methods"]["base"])["base"]["name"]]
-    for name, overrides in entry["methods"].items():
+    base_label = LABELS[experiment.compose("base")["optimizer"]["base"]["name"]]
+    for name in CONFIGS:
         label = f"{base_label} (base)" if name == "base" else LABELS[name]
-        own = " ".join(o for o in overrides if o.startswith("optimizer.")) or "—"
+        hyper = hyperparameters(name, experiment.compose(name)["optimizer"])
         paper = experiment.paper.get(name)
         paper_cell = f"{paper:.4f}" if paper is not None else "—"
-        if entry["not_applicable"].get(name):
-            k = entry["not_applicable"][name].split(":")[0]
-            rows.append([label, own, k, paper_cell, "—", "—", "—", "—", "—"])
+        if na.get(name):
+            rows.append([label, hyper, na[name].split(":")[0], paper_cell, "—", "—", "—", "—",
+                         "—"])
             continue
         seeds = sorted(runs.get(name, {}))
         if not seeds:
-            rows.append([label, own, "missing", paper_cell, "", "", "", "", ""])
+            rows.append([label, hyper, "missing", paper_cell, "", "", "", "", ""])
             continue
         values = [runs[name][s][metric] for s in seeds]
         q = [runs[name][s]["norm/Q"] for s in seeds]
@@ -395,78 +331,63 @@ def task_rows(experiment: Experiment, entry: dict, runs: dict, measured: dict, c
                                     ("Q_reduction_vs_base", 1 - runs[name][s]["norm/Q"]
                                      / base_runs[s]["norm/Q"]),
                                     ("train_seconds_per_step", runs[name][s]["seconds_per_step"])):
-                csv_rows.append(["task", f"{experiment.name}-steps{entry['steps']}", name, s,
-                                 quantity, value])
-        timing = measured["timing"].get(name)
-        extra = measured["extra_bytes"].get(name)
-        if timing is not None:
-            csv_rows.append(["task", experiment.name, name, 0, "step_time_ratio_interleaved",
-                             timing["ratio"]])
-            csv_rows.append(["task", experiment.name, name, 0, "extra_bytes", extra])
+                csv_rows.append(["task", f"{experiment.name}-steps{steps}", name, s, quantity,
+                                 value])
+        timing = measured["timing"][name]
+        extra = measured["extra_bytes"][name]
+        csv_rows.append(["task", experiment.name, name, 0, "step_time_ratio_interleaved",
+                         timing["ratio"]])
+        csv_rows.append(["task", experiment.name, name, 0, "extra_bytes", extra])
         time_cell = "1 (reference)" if name == "base" else ratio_cell(timing)
         extra_cell = ("0 (reference)" if name == "base" else
                       f"{extra:,} ({extra / measured['parameter_bytes']:.2f}x params)")
-        rows.append([label, own, f"{fmt_mean_std(*mean_std(values))}", paper_cell,
+        rows.append([label, hyper, f"{fmt_mean_std(*mean_std(values))}", paper_cell,
                      fmt_mean_std(*mean_std(q), digits=1),
                      "0 (reference)" if name == "base" else fmt_mean_std(*mean_std(red)),
                      time_cell, fmt_mean_std(*mean_std(train_ratio), digits=2), extra_cell])
     return metric, rows
 
 
-def timing_table(measured: dict, csv_rows: list) -> str:
+def timing_table(name: str, measured: dict, csv_rows: list) -> str:
     rows = []
     for method, r in measured["timing"].items():
         ms = r["ms_per_step"]
         label = LABELS["sgd"] + " (base)" if method == "base" else LABELS[method]
         target = "" if r["target"] is None else f"<= {r['target']:.2f}x"
-        rows.append([label, f"{ms['total']:.3f}", f"{ms['forward_backward']:.3f}",
-                     f"{ms['optimizer_step']:.3f}", ratio_cell(r), f"{r['cpu_ratio']:.3f}x",
+        rows.append([label, f"{ms['total']:.3f}", ratio_cell(r), f"{r['cpu_ratio']:.3f}x",
                      target, verdict(r)])
-        csv_rows.append(["timing", measured["config"]["name"], method, 0, "ms_per_step",
-                         ms["total"]])
-        csv_rows.append(["timing", measured["config"]["name"], method, 0, "ratio", r["ratio"]])
-    return markdown_table(["method", "ms/step", "fwd+bwd ms", "opt.step ms",
-                           "ratio to base (paired IQR)", "CPU-time ratio", "target", "result"],
-                          rows)
+        csv_rows.append(["timing", name, method, 0, "ms_per_step", ms["total"]])
+        csv_rows.append(["timing", name, method, 0, "ratio", r["ratio"]])
+    return markdown_table(["method", "ms/step", "ratio to base (paired IQR)", "CPU-time ratio",
+                           "target", "result"], rows)
 
 
-def grid_seconds(root: Path) -> float:
-    return sum(r["seconds"] for r in read_jsonl(root / "timing.jsonl"))
-
-
-def first_start(root: Path) -> str:
-    records = read_jsonl(root / "timing.jsonl")
-    return records[0]["started"] if records else "—"
-
-
-def report(args, plan: dict, root: Path, summaries: dict, csv_rows: list) -> str:
+def report(tables: list, measured: dict, training_seconds: float, csv_rows: list) -> str:
+    """results/optimizers.md: ``tables`` holds (experiment, metric, rows, steps, full steps,
+    why each method is not applicable) per task table."""
     info = machine_info()
-    reduced = any(plan[e.name]["steps"] < plan[e.name]["full_steps"] for e in EXPERIMENTS)
-    steps = ", ".join(f"{e.name} {plan[e.name]['steps']:,} (protocol: "
-                      f"{plan[e.name]['full_steps']:,})" for e in EXPERIMENTS)
-    measured = {k[1]: v for k, v in summaries.items() if k[0] == "measure"}
-    load = [measured[k]["load_before"] for k in measured if "load_before" in measured[k]]
-    command = " ".join([".venv/bin/python", "scripts/compare_optimizers.py", *sys.argv[1:]])
+    reduced = [f"{e.name} {steps:,} (protocol: {full:,})" for e, _, _, steps, full, _ in tables]
+    load = [measured[e.name]["load_before"] for e in EXPERIMENTS]
+    load += [measured[k]["load_before"] for k in ("cp_k4", "cp_k2")]
     lines = [
         "# Optimizer comparison: base, SAM, ASAM, nuSAM, DAS, nBAR, oBAR",
         "",
-        f"Command: `{command}`  ",
-        f"Jobs started (UTC): {first_start(root)}; report written "
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}. Machine: {info['cpu']}, "
-        f"{info['cpus']} CPU cores shared with other jobs, torch {info['torch']} (CPU), Python "
-        f"{info['python']}; one torch thread per process, training runs on "
-        f"{args.workers} worker processes, measurements on one. Job wall time summed over "
-        f"invocations: {grid_seconds(root):.0f} s (`{root.relative_to(REPO)}/timing.jsonl`). "
-        "1-minute load average at the start of each measurement job: "
-        + ", ".join(f"{la[0]:.1f}" for la in load) + ".",
+        "Command: `make reproduce-optimizers` (the Hydra multiruns of the Makefile, then "
+        "`.venv/bin/python scripts/compare_optimizers.py`).  ",
+        f"Report written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} (UTC). Machine: "
+        f"{info['cpu']}, {info['cpus']} CPU cores shared with other jobs, torch {info['torch']} "
+        f"(CPU), Python {info['python']}; one torch thread per process, training runs on 2 "
+        "local worker processes (Hydra's joblib launcher), measurements on one. Training time "
+        f"summed over the runs: {training_seconds:.0f} s. 1-minute load average at the start "
+        "of each measurement: " + ", ".join(f"{la[0]:.1f}" for la in load) + ".",
         "",
     ]
-    if reduced:
-        lines += [f"**REDUCED STEPS: {steps}. The task metrics below are NOT the protocol's "
-                  "and not comparable to the paper's numbers, which are shown in their own "
-                  "column, labelled, at the paper's 50,000 steps.**", ""]
+    if any(steps < full for _, _, _, steps, full, _ in tables):
+        lines += [f"**REDUCED STEPS: {', '.join(reduced)}. The task metrics below are NOT the "
+                  "protocol's and not comparable to the paper's numbers, which are shown in "
+                  "their own column, labelled, at the paper's 50,000 steps.**", ""]
     else:
-        lines += [f"Steps: {steps}.", ""]
+        lines += [f"Steps: {', '.join(reduced)}.", ""]
     lines += [
         "Seeds 0, 1, 2 (= Table 1 splits and model inits; for fig1 the model init, the "
         "noise draws are fixed by `task.data_seed`). Q reduction = 1 - Q_final / Q_final(base) "
@@ -478,36 +399,29 @@ def report(args, plan: dict, root: Path, summaries: dict, csv_rows: list) -> str
         "optimizer adds beyond the parameters, gradients and the base optimizer's state (see "
         "the script's docstring), and its multiple of the parameter bytes.",
         "",
-        "Hyperparameters: SAM and DAS use the experiment's rho and alpha (the paper's values "
-        "for Table 1). The experiments pin `optimizer.rho` / `optimizer.alpha` for every "
-        "method, so ASAM, nuSAM, nBAR and oBAR get explicit overrides back to their own "
-        "configs' values (column 'overrides'). Sources: "
+        "Hyperparameters (column 'hyperparameters', read from the composed configs): every "
+        "optimizer reads its own entry of the experiment's `presets`, so SAM and DAS use the "
+        "experiment's rho and alpha (the paper's values for Table 1) and ASAM, nuSAM, nBAR and "
+        "oBAR their own configs' values. Sources: "
         + "; ".join(f"{LABELS[m]}: {s}" for m, s in SOURCES.items()) + ".",
         "",
         "## (i) Task tables",
         "",
     ]
-    for experiment in EXPERIMENTS:
-        entry = plan[experiment.name]
-        runs: dict[str, dict[int, dict]] = {}
-        for key, summary in summaries.items():
-            if key[0] == entry["dir"]:
-                runs.setdefault(key[1], {})[int(key[2].removeprefix("seed"))] = summary
-        metric, rows = task_rows(experiment, entry, runs, measured[experiment.name], csv_rows)
-        step_note = (f"ours, {entry['steps']:,} steps, REDUCED"
-                     if entry["steps"] < entry["full_steps"] else f"ours, {entry['steps']:,} "
-                     "steps")
-        paper_col = ("paper, 50,000 steps" if experiment.paper else "paper")
+    for experiment, metric, rows, steps, full, na in tables:
+        note = f"ours, {steps:,} steps" + (", REDUCED" if steps < full else "")
         lines += [f"### {experiment.title}", "",
-                  markdown_table(["optimizer", "overrides", f"{metric} ({step_note})", paper_col,
+                  markdown_table(["optimizer", "hyperparameters", f"{metric} ({note})",
+                                  "paper, 50,000 steps" if experiment.paper else "paper",
                                   "Q final", "Q reduction vs base", "time/step vs base "
                                   "(interleaved)", "time/step vs base (training runs)",
                                   "extra memory, bytes"], rows)]
-        na = {m: r for m, r in entry["not_applicable"].items() if r}
-        if na:
-            lines += [f"{', '.join(LABELS[m] for m in na)}: the optimizer refuses the model: "
-                      + "; ".join(dict.fromkeys(r.split(": ", 1)[1] for r in na.values()))
-                      + ".", ""]
+        refused = {m: why for m, why in na.items() if why}
+        if refused:
+            lines += [f"{', '.join(LABELS[m] for m in refused)}: the optimizer refuses the "
+                      "model: " + "; ".join(dict.fromkeys(why.split(": ", 1)[1]
+                                                          for why in refused.values())) + ".",
+                      ""]
     lines += ["The paper's Figure 1 gives curves, no numbers; its Table 1 does not say which "
               "protocol it used (see `experiments/table1/README.md`), so its numbers are shown "
               "beside both protocols.", ""]
@@ -525,11 +439,11 @@ def report(args, plan: dict, root: Path, summaries: dict, csv_rows: list) -> str
               "the README).", ""]
     for key, title in cp.items():
         m = measured[key]
-        c = m["config"]
         lines += [f"### {title}", "",
-                  f"Warm-up {c['warmup']} steps per method, {c['blocks']} blocks x "
-                  f"{c['steps']} steps per method; load average {m['load_before'][0]:.1f} "
-                  f"before, {m['load_after'][0]:.1f} after.", "", timing_table(m, csv_rows)]
+                  f"Warm-up {m['warmup']} steps per method, {m['blocks']} blocks x "
+                  f"{m['steps']} steps per method; load average {m['load_before'][0]:.1f} "
+                  f"before, {m['load_after'][0]:.1f} after.", "",
+                  timing_table(key, m, csv_rows)]
     mem = measured["matrices"]
     rows, sam = [], mem["rows"]["SAM"]["extra_bytes"]
     for label, r in mem["rows"].items():
@@ -552,17 +466,18 @@ def report(args, plan: dict, root: Path, summaries: dict, csv_rows: list) -> str
     for key in cp:
         for method, r in measured[key]["timing"].items():
             if r["target"] is not None:
-                targets.append([f"{LABELS[method]} step time on {key} (K = "
-                                f"{key[-1]})", f"<= {r['target']:.2f}x base",
-                                f"{r['ratio']:.3f}x", f"**{verdict(r)}**"])
+                targets.append([f"{LABELS[method]} step time on {key} (K = {key[-1]})",
+                                f"<= {r['target']:.2f}x base", f"{r['ratio']:.3f}x",
+                                f"**{verdict(r)}**"])
     targets.append(["nuSAM extra memory on 4 x Linear(1024, 1024)", "< 1% of SAM's",
                     f"{100 * nusam:.2f}%", f"**{'PASS' if nusam < 0.01 else 'FAIL'}**"])
-    lines[lines.index("## (i) Task tables"):lines.index("## (i) Task tables")] = [
-        "## Targets", "", markdown_table(["target", "bound", "measured", "result"], targets)]
-    lines += ["Per-run summaries, raw block times and configs: "
-              f"`{root.relative_to(REPO)}/` (git-ignored); every number above is also in "
-              "`optimizers.csv` next to this file. Protocol, hyperparameter sources and "
-              "discussion: `experiments/optimizers/README.md`.", ""]
+    at = lines.index("## (i) Task tables")
+    lines[at:at] = ["## Targets", "", markdown_table(["target", "bound", "measured", "result"],
+                                                     targets)]
+    lines += ["Per-run summaries: `runs/table1/` and `runs/optimizers/fig1/`; raw block times "
+              "and configs of the measurements: `runs/optimizers/measure/` (git-ignored); every "
+              "number above is also in `optimizers.csv` next to this file. Protocol, "
+              "hyperparameter sources and discussion: `experiments/optimizers/README.md`.", ""]
     return "\n".join(lines)
 
 
@@ -575,58 +490,41 @@ def write_csv(path: Path, rows: list) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def parse_steps(items: list[str]) -> dict[str, int]:
-    names = [e.name for e in EXPERIMENTS]
-    out = {}
-    for item in items:
-        name, _, value = item.partition("=")
-        if name not in names or not value.isdigit() or int(value) <= 0:
-            raise argparse.ArgumentTypeError(f"--steps {item!r}: expected NAME=N with NAME in "
-                                             f"{names} and N > 0")
-        out[name] = int(value)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", nargs="+", default=[], metavar="NAME=N",
-                        help="steps per experiment (default: "
-                             + ", ".join(f"{e.name}={e.reduced_steps}" for e in EXPERIMENTS)
-                             + ")")
-    parser.add_argument("--full", action="store_true",
-                        help="the experiments' own step counts (50,000 / 6000)")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"smoke test: {QUICK_STEPS} steps, short timings, into "
-                             "runs/optimizers-quick")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--root", type=Path, default=None)
+    parser.add_argument("--table1-root", type=Path, default=REPO / "runs" / "table1")
+    parser.add_argument("--fig1-root", type=Path, default=REPO / "runs" / "optimizers" / "fig1")
+    parser.add_argument("--measure-root", type=Path,
+                        default=REPO / "runs" / "optimizers" / "measure")
+    parser.add_argument("--quick", action="store_true", help="short timing measurements")
     parser.add_argument("--out", type=Path, default=REPO / "results")
     args = parser.parse_args(argv)
-    try:
-        args.steps = parse_steps(args.steps)
-    except argparse.ArgumentTypeError as err:
-        parser.error(str(err))
-    root = args.root or REPO / "runs" / ("optimizers-quick" if args.quick else "optimizers")
     torch.set_num_threads(1)
-    plan = make_plan(args)
-    failed = []
-    for jobs, workers in ((training_jobs(root, plan), args.workers),
-                          (measurement_jobs(root, plan, args.quick), 1)):
-        timing = run_jobs(jobs, workers=workers, threads=1)
-        append_jsonl(root / "timing.jsonl", {**timing, "argv": sys.argv[1:], **machine_info()})
-        failed += timing["failed"]
-    if failed:
-        print(f"failed: {failed}", file=sys.stderr)
-        return 1
+    roots = {"table1": args.table1_root, "fig1": args.fig1_root}
+    runs = {e.name: load_runs(e, roots[e.root]) for e in EXPERIMENTS}
+    missing = [f"{e.name}/{m}" for e in EXPERIMENTS for m in ("base", "sam", "das")
+               if len(runs[e.name].get(m, {})) < len(SEEDS)]
+    if missing:
+        parser.error(f"runs missing for {missing}; run `make reproduce-optimizers` first")
+    na = {e.name: {m: not_applicable(e, m) for m in CONFIGS} for e in EXPERIMENTS}
+    applicable = {e: [m for m, why in reasons.items() if why is None] for e, reasons in na.items()}
+    measured = measurements(args.measure_root, applicable, args.quick)
     csv_rows: list = []
-    text = report(args, plan, root, load_summaries(root), csv_rows)
+    tables = []
+    for e in EXPERIMENTS:
+        steps = runs[e.name]["base"][SEEDS[0]]["steps"]
+        metric, rows = task_rows(e, runs[e.name], na[e.name], measured[e.name], steps, csv_rows)
+        tables.append((e, metric, rows, steps, e.compose("base")["steps"], na[e.name]))
+    training = sum(s["seconds"] for r in runs.values() for seeds in r.values()
+                   for s in seeds.values())
+    text = report(tables, measured, training, csv_rows)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "optimizers.md", text)
     write_csv(args.out / "optimizers.csv", csv_rows)
+    print(text)
     print(f"wrote {args.out / 'optimizers.md'} and {args.out / 'optimizers.csv'}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,8 +1,11 @@
-"""Table 1: aggregate the runs of ``scripts/reproduce_table1.py`` into ``results/table1.{md,csv}``.
+"""Table 1: aggregate the runs of ``make reproduce-table1`` into ``results/table1.{md,csv}``.
 
-For each protocol, rows HOOI / ADAM / SAM / DAS with our mean ± std over the splits of
-``r2_heldout`` and ``r2_observed`` beside the paper's Table 7, the run settings read back from the
-stored configs, the machine and wall time, and the diagnostics of ``<root>/diagnostics``.
+The runs are Hydra multiruns (see the Makefile) in ``<root>/<protocol>/<optimizer>/seed<k>/``:
+``none`` (the experiment's base optimizer alone, the paper's ADAM), ``sam``, ``das``, and ``hooi``
+(a run of 0 steps whose summary's ``baselines`` hold the masked Tucker-HOOI scores). For each
+protocol, rows HOOI / ADAM / SAM / DAS with our mean ± std over the splits of ``r2_heldout`` and
+``r2_observed`` beside the paper's Table 7, the run settings read back from the stored configs,
+the run times, and the diagnostics of ``scripts/table1_diagnostics.py`` (``<root>/diagnostics``).
 
     python scripts/make_table1.py [--root runs/table1] [--out results]
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +24,7 @@ from _common import (
     REPO,
     fmt_mean_std,
     load_summaries,
+    machine_info,
     markdown_table,
     mean_std,
     read_jsonl,
@@ -31,6 +36,8 @@ from tensam.tensorized.tucker import tucker_to_tensor
 PAPER = {"hooi": (0.9268, 0.0063), "adam": (0.9482, 0.0012), "sam": (0.9485, 0.0013),
          "das": (0.9484, 0.0017)}
 METHODS = {"hooi": "HOOI", "adam": "ADAM", "sam": "SAM", "das": "DAS"}
+#: method -> run directory (the Makefile's grids; ``none``: the base optimizer alone)
+DIRS = {"hooi": "hooi", "adam": "none", "sam": "sam", "das": "das"}
 GRADIENT = ("adam", "sam", "das")
 METRICS = ("r2_heldout", "r2_observed")
 PROTOCOLS = {
@@ -44,14 +51,20 @@ PROTOCOLS = {
 AGREE, ABS_TOL = 2.0, 0.005
 
 
-def settings(cfg: dict) -> str:
-    """One line of the settings that define a protocol, read from a stored run config."""
-    opt, base, task, model = cfg["optimizer"], cfg["optimizer"]["base"], cfg["task"], cfg["model"]
+def settings(sam: dict, das: dict) -> str:
+    """One line of the settings that define a protocol, read from the stored configs of its
+    SAM and DAS runs."""
+    base, task, model = das["optimizer"]["base"], das["task"], das["model"]
     return (f"mask `{task['protocol']}` (observed {task['observed']}), loss `{task['loss']}`, "
             f"rank {tuple(model['rank'])}, init `{model['init']}`, base `{base['name']}` "
             f"(lr {base['lr']}, betas {tuple(base['betas'])}, weight decay "
-            f"{base['weight_decay']}), {cfg['steps']} steps, SAM rho {opt.get('rho')}, "
-            f"DAS alpha {opt.get('alpha')} ({opt.get('alpha_schedule', 'constant')})")
+            f"{base['weight_decay']}), {das['steps']} steps, SAM rho {sam['optimizer']['rho']}, "
+            f"DAS alpha {das['optimizer']['alpha']} ({das['optimizer']['alpha_schedule']})")
+
+
+def scores(key: tuple, summary: dict) -> dict:
+    """The metrics of a run: a HOOI run's are its summary's baseline scores."""
+    return summary["baselines"]["hooi"] if key[1] == "hooi" else summary
 
 
 def aggregate(runs: dict) -> list[dict]:
@@ -64,7 +77,7 @@ def aggregate(runs: dict) -> list[dict]:
                 continue
             own = next(iter(found.values()))["config"]["objective"]
             for metric in METRICS:
-                mean, std = mean_std([s[metric] for s in found.values()])
+                mean, std = mean_std([scores(k, s)[metric] for k, s in found.items()])
                 paper_mean, paper_std = PAPER[method]
                 diff = mean - paper_mean
                 rows.append({"protocol": protocol, "method": method, "metric": metric,
@@ -120,12 +133,15 @@ def main_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def final_model(run_dir: Path):
-    """The cores saved by the last checkpoint of a training run (None if there is none)."""
+def final_model(run_dir: Path, steps: int):
+    """The cores of a training run's checkpoint (None unless it holds the final ``steps``)."""
     path = run_dir / "checkpoint.pt"
     if not path.exists():
         return None
-    state = torch.load(path, weights_only=False)["model"]
+    ckpt = torch.load(path, weights_only=False)
+    if ckpt["step"] != steps:
+        return None
+    state = ckpt["model"]
     factors = [state[k] for k in sorted(k for k in state if k.startswith("factors."))]
     return [state["core"], *factors]
 
@@ -136,7 +152,8 @@ def das_vs_adam(root: Path, runs: dict) -> list[list]:
     for (protocol, method, seed), summary in sorted(runs.items()):
         if method != "das" or (protocol, "adam", seed) not in runs:
             continue
-        das, adam = (final_model(root / protocol / m / seed) for m in ("das", "adam"))
+        das, adam = (final_model(root / protocol / DIRS[m] / seed, runs[(protocol, m, seed)]
+                                 ["steps"]) for m in ("das", "adam"))
         if das is None or adam is None:
             continue
         flat_das, flat_adam = (torch.cat([c.flatten() for c in m]) for m in (das, adam))
@@ -159,7 +176,7 @@ def loss_peaks(root: Path, runs: dict) -> list[list]:
             continue
         peaks = []
         for m in ("das", "adam"):
-            log = [r for r in read_jsonl(root / protocol / m / seed / "metrics.jsonl")
+            log = [r for r in read_jsonl(root / protocol / DIRS[m] / seed / "metrics.jsonl")
                    if "train/loss" in r]
             top = max(log, key=lambda r: r["train/loss"])
             peaks += [f"{top['train/loss']:.4g} (step {top['step']})",
@@ -171,7 +188,7 @@ def loss_peaks(root: Path, runs: dict) -> list[list]:
 def lambda_section(diag: dict) -> str:
     out = []
     for protocol in PROTOCOLS:
-        record = diag.get(("lambda_" + protocol,))
+        record = diag.get("lambda_" + protocol)
         if record is None:
             continue
         lam = np.asarray(record["das"]["lam"])
@@ -217,26 +234,16 @@ def ceiling_lines(ceiling: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def run_info(root: Path, runs: dict) -> str:
-    timing = read_jsonl(root / "timing.jsonl")
-    lines = []
-    if timing:
-        last = timing[-1]
-        lines.append(f"- Machine: {last['cpus']}-core CPU ({last['cpu']}); Python "
-                     f"{last['python']}, torch {last['torch']}, numpy {last['numpy']}; "
-                     f"{last['workers']} worker processes x {last['threads']} thread; load "
-                     "averages count every process on the machine")
-        for t in timing:
-            if t["ran"]:
-                lines.append(f"- Invocation {t['started']} (`{' '.join(t['argv']) or '(none)'}`)"
-                             f": {t['ran']} job(s) in {t['seconds']:.0f} s wall time; load "
-                             f"average {t['loadavg_start'][0]:.1f} at start, "
-                             f"{t['loadavg_end'][0]:.1f} at end")
-    per_job = [s["seconds"] for k, s in runs.items()]
-    by_method = {m: [s["seconds"] for k, s in runs.items() if k[1] == m] for m in METHODS}
-    lines.append(f"- Sum of per-job run times {sum(per_job):.0f} s; mean per run: " + ", ".join(
-        f"{METHODS[m]} {np.mean(v):.0f} s" for m, v in by_method.items() if v))
-    return "\n".join(lines) + "\n"
+def run_info(runs: dict) -> str:
+    """Training time of the gradient runs (their summaries' ``seconds``) and this machine."""
+    info = machine_info()
+    by_method = {m: [s["seconds"] for k, s in runs.items() if k[1] == m] for m in GRADIENT}
+    total = sum(sum(v) for v in by_method.values())
+    return (f"- Training time summed over the {sum(map(len, by_method.values()))} gradient runs "
+            f"{total:.0f} s (1 torch thread each; HOOI's time is not recorded); mean per run: "
+            + ", ".join(f"{METHODS[m]} {np.mean(v):.0f} s" for m, v in by_method.items() if v)
+            + f"\n- Table built on: {info['cpus']}-core CPU ({info['cpu']}); Python "
+            f"{info['python']}, torch {info['torch']}, numpy {info['numpy']}\n")
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -253,43 +260,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=default_root)
     parser.add_argument("--out", type=Path, default=REPO / "results")
     args = parser.parse_args(argv)
-    summaries = load_summaries(args.root)
-    runs = {k: s for k, s in summaries.items() if len(k) == 3 and k[0] in PROTOCOLS}
-    diag = {k[1:]: s for k, s in summaries.items() if k[0] == "diagnostics"}
+    method_of = {d: m for m, d in DIRS.items()}
+    runs = {(k[0], method_of[k[1]], k[2]): s for k, s in load_summaries(args.root).items()
+            if len(k) == 3 and k[0] in PROTOCOLS and k[1] in method_of}
+    diag = {p.stem: json.loads(p.read_text()) for p in (args.root / "diagnostics").glob("*.json")}
     if not runs:
-        parser.error(f"no runs under {args.root}; run scripts/reproduce_table1.py first")
+        parser.error(f"no runs under {args.root}; run `make reproduce-table1` first")
     rows = aggregate(runs)
-    configs = {p: next(s["config"] for k, s in runs.items() if k[:2] == (p, "das"))
-               for p in PROTOCOLS if any(k[:2] == (p, "das") for k in runs)}
+    configs = {p: {m: next(s["config"] for k, s in runs.items() if k[:2] == (p, m))
+                   for m in ("sam", "das")} for p in PROTOCOLS
+               if all(any(k[:2] == (p, m) for k in runs) for m in ("sam", "das"))}
     hooi = {p: [s for k, s in runs.items() if k[:2] == (p, "hooi")] for p in PROTOCOLS}
     md = ["# Table 1: Tucker completion on the COVID-19 serology tensor (438 x 6 x 11)\n",
           "Generated by `python scripts/make_table1.py` from the runs of "
-          "`python scripts/reproduce_table1.py` (`make reproduce-table1`). Ours: mean ± sample "
+          "`make reproduce-table1`. Ours: mean ± sample "
           "std (ddof=1) over the splits = seeds; `paper R2 (Table 7)`: the paper's numbers, "
           f"copied. ✓: ours within max({AGREE:g} x paper std, {ABS_TOL:g}) of the paper's. See "
           "`experiments/table1/README.md` for the discussion.\n",
           main_table(rows), "## Which protocol and metric reproduce the paper's column\n",
           "\n".join(verdict(rows)) + "\n", "## Settings (read from the stored configs)\n"]
     for protocol, cfg in configs.items():
-        md.append(f"- `{protocol}` (`experiment={cfg['name']}`, objective `{cfg['objective']}`): "
-                  f"{settings(cfg)}")
+        md.append(f"- `{protocol}` (`experiment={cfg['das']['name']}`, objective "
+                  f"`{cfg['das']['objective']}`): {settings(cfg['sam'], cfg['das'])}")
         if hooi[protocol]:
-            sweeps = mean_std([s["iterations"] for s in hooi[protocol]])
+            sweeps = mean_std([s["baselines"]["hooi"]["iterations"] for s in hooi[protocol]])
             md.append(f"  - HOOI: tensorly `tucker(X * M, mask=M, init='random', tol=1e-5)`, up "
                       f"to {hooi[protocol][0]['config']['task']['hooi_iter']} sweeps; stopped "
                       f"after {fmt_mean_std(*sweeps, 0)} sweeps")
     seeds = sorted({k[2] for k in runs})
-    argv = next((t["argv"] for t in read_jsonl(args.root / "timing.jsonl") if t["ran"]), [])
     root = "" if args.root.resolve() == default_root.resolve() else f" --root {args.root}"
-    md += ["", f"- Splits (seeds): {', '.join(seeds)}. Commands: "
-           f"`python scripts/reproduce_table1.py{''.join(' ' + a for a in argv)}` then "
-           f"`python scripts/make_table1.py{root}`.", run_info(args.root, runs)]
-    if "ceiling" in {k[0] for k in diag}:
+    md += ["", f"- Splits (seeds): {', '.join(seeds)}. Commands: `make reproduce-table1` (the "
+           "Hydra multiruns of the Makefile into `runs/table1`, then "
+           "`python scripts/table1_diagnostics.py`) and "
+           f"`python scripts/make_table1.py{root}`.", run_info(runs)]
+    if "ceiling" in diag:
         md += ["## Diagnostics\n", "### How much a rank-(8,6,8) Tucker model can explain\n",
-               ceiling_lines(diag[("ceiling",)])]
-    if ("hooi_study",) in diag:
+               ceiling_lines(diag["ceiling"])]
+    if "hooi_study" in diag:
         md += ["### Masked HOOI (tensorly) vs sweeps, split 0: R2 held-out / R2 observed\n",
-               hooi_study_table(diag[("hooi_study",)])]
+               hooi_study_table(diag["hooi_study"])]
     body = das_vs_adam(args.root, runs)
     if body:
         md += ["### DAS vs Adam: final iterates (same split, init and data)\n", markdown_table(
@@ -301,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         md += ["### DAS vs Adam: largest logged training loss and final loss\n", markdown_table(
             ["protocol", "split", "DAS peak loss", "DAS final loss", "Adam peak loss",
              "Adam final loss"], body)]
-    if any(k[0].startswith("lambda_") for k in diag):
+    if any(k.startswith("lambda_") for k in diag):
         md += ["### DAS scale factors lambda_k (Algorithm 2) over the first steps, split 0\n",
                lambda_section(diag)]
     args.out.mkdir(parents=True, exist_ok=True)

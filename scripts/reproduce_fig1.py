@@ -1,8 +1,9 @@
 """Figure 1: Norm Deviation Q and Cov(||G_k||^2, ||g_k||^2) vs iterations on Tucker-2 denoising.
 
-Runs ``experiment=fig1`` (configs/experiment/fig1.yaml) through the shared entry point
-:func:`tensam.train.run` for every optimizer x noise level x batching, reads the per-step
-``metrics.jsonl`` and writes
+Builds the figure from the runs of ``make reproduce-fig1``: a Hydra multirun of
+``experiment=fig1`` (configs/experiment/fig1.yaml) over optimizer x noise level x batching into
+``<root>/<batching>/<optimizer>/noise<a>/``, each logging Q and Cov at every step. Reads every
+run's ``metrics.jsonl`` and writes
 
 * ``results/fig1.csv``: long format ``setting, optimizer, noise, step, Q, cov, loss``, every
   ``--csv-every``-th step;
@@ -11,18 +12,16 @@ Runs ``experiment=fig1`` (configs/experiment/fig1.yaml) through the shared entry
 and prints a summary table (Q reduction factors, covariance signs) used in
 ``experiments/fig1/README.md``.
 
-    python scripts/reproduce_fig1.py [--out results] [--wandb] [hydra overrides, e.g. steps=5000]
+    python scripts/reproduce_fig1.py [--root runs/fig1] [--out results]
 
-With ``--wandb`` every run also goes to W&B (group ``fig1``), where the per-layer
-``norm/<layer>/Q`` and ``norm/<layer>/cov`` panels show Figure 1 as it is drawn.
+With ``make reproduce-fig1 LOGGER=default`` every run also goes to W&B (group ``fig1``), where
+the per-layer ``norm/<layer>/Q`` and ``norm/<layer>/cov`` panels show Figure 1 as it is drawn.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
-import time
 from pathlib import Path
 
 import matplotlib
@@ -30,35 +29,37 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-
-from tensam.train import CONFIG_DIR, run  # noqa: E402
+from _common import REPO, read_jsonl  # noqa: E402
 
 OPTIMIZERS = {"sgd": "SGD", "sam": "SAM", "das": "DAS"}
-NOISES = (0.0, 0.5, 1.0, 2.0)
 #: batching setting -> task.batching; "stochastic" is E_N over a fresh draw per step
 SETTINGS = {"stochastic": "fresh", "full-batch": "full"}
 STYLES = {"sgd": ":", "sam": "-", "das": "--"}
 
 
-def run_one(setting: str, optimizer: str, noise: float, extra: list[str]) -> pd.DataFrame:
-    """One composed ``experiment=fig1`` run; its per-step log as a DataFrame."""
-    overrides = ["experiment=fig1", f"optimizer={optimizer}", f"task.noise={noise}",
-                 f"task.batching={SETTINGS[setting]}", *extra]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
-    with tempfile.TemporaryDirectory() as tmp:
-        summary = run(cfg, Path(tmp))
-        lines = (Path(tmp) / "metrics.jsonl").read_text().splitlines()
-    records = [r for r in map(json.loads, lines) if "norm/Q" in r]
-    frame = pd.DataFrame({
-        "setting": setting, "optimizer": optimizer, "noise": noise,
-        "step": [r["step"] for r in records], "Q": [r["norm/Q"] for r in records],
-        "cov": [r["norm/cov"] for r in records], "loss": [r["train/loss"] for r in records],
-    })
-    frame.attrs["rel_error"] = summary["rel_error"]
-    frame.attrs["config"] = summary["config"]
-    return frame
+def load(root: Path) -> tuple[pd.DataFrame, dict, dict]:
+    """Every run under ``root`` (``<batching>/<optimizer>/<any>/``): the per-step log as one
+    frame in the order settings x noise x optimizer, the final ``rel_error`` of each run and
+    the stored config of each optimizer."""
+    runs = []
+    for path in Path(root).glob("*/*/*/summary.json"):
+        summary, optimizer = json.loads(path.read_text()), path.parent.parent.name
+        task = summary["config"]["task"]
+        setting = next((k for k, v in SETTINGS.items() if v == task["batching"]), None)
+        if optimizer in OPTIMIZERS and setting is not None:
+            runs.append((setting, float(task["noise"]), optimizer, path.parent, summary))
+    runs.sort(key=lambda r: (list(SETTINGS).index(r[0]), r[1], list(OPTIMIZERS).index(r[2])))
+    frames, rel_errors, configs = [], {}, {}
+    for setting, noise, optimizer, run_dir, summary in runs:
+        records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "norm/Q" in r]
+        frames.append(pd.DataFrame({
+            "setting": setting, "optimizer": optimizer, "noise": noise,
+            "step": [r["step"] for r in records], "Q": [r["norm/Q"] for r in records],
+            "cov": [r["norm/cov"] for r in records], "loss": [r["train/loss"] for r in records],
+        }))
+        rel_errors[(setting, optimizer, noise)] = summary["rel_error"]
+        configs[optimizer] = summary["config"]
+    return pd.concat(frames, ignore_index=True), rel_errors, configs
 
 
 def summarize(frame: pd.DataFrame, rel_errors: dict) -> pd.DataFrame:
@@ -83,7 +84,7 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def plot(frame: pd.DataFrame, path: Path, config: dict) -> None:
+def plot(frame: pd.DataFrame, path: Path, configs: dict) -> None:
     """Rows: batching settings; columns: Q and Cov vs iterations (symlog Cov)."""
     settings = list(dict.fromkeys(frame["setting"]))
     fig, axes = plt.subplots(len(settings), 2, figsize=(12, 4.2 * len(settings)), squeeze=False)
@@ -103,10 +104,10 @@ def plot(frame: pd.DataFrame, path: Path, config: dict) -> None:
                    xlabel="iteration", ylabel="Cov", yscale="symlog")
         row[1].axhline(0, color="k", lw=0.5)
     axes[0][0].legend(ncol=3, fontsize=7)
-    opt = config["optimizer"]
-    fig.suptitle(f"Tucker-2 denoising, f = E||AGB^T - (T + aN)||^2; SGD lr {opt['base']['lr']:g}, "
-                 f"SAM rho = {opt['rho']:g}, DAS alpha = {opt['alpha']:g} (SGD base); "
-                 f"seed {config['seed']}")
+    sam, das = configs["sam"], configs["das"]
+    fig.suptitle(f"Tucker-2 denoising, f = E||AGB^T - (T + aN)||^2; SGD lr "
+                 f"{das['optimizer']['base']['lr']:g}, SAM rho = {sam['optimizer']['rho']:g}, "
+                 f"DAS alpha = {das['optimizer']['alpha']:g} (SGD base); seed {das['seed']}")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -114,33 +115,18 @@ def plot(frame: pd.DataFrame, path: Path, config: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("overrides", nargs="*",
-                        help="extra Hydra overrides, e.g. optimizer.rho=0.05 steps=5000")
-    parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument("--root", type=Path, default=REPO / "runs" / "fig1")
+    parser.add_argument("--out", type=Path, default=REPO / "results")
     parser.add_argument("--csv-every", type=int, default=10,
                         help="keep every N-th step in fig1.csv (the plot uses every step)")
-    parser.add_argument("--wandb", action="store_true",
-                        help="also log every run to W&B (group fig1; mode from WANDB_MODE)")
     args = parser.parse_args()
-    if not args.wandb:
-        args.overrides = ["logger=disabled", *args.overrides]
-    started = time.perf_counter()
-    frames, rel_errors = [], {}
-    for setting in SETTINGS:
-        for noise in NOISES:
-            for opt in OPTIMIZERS:
-                frame = run_one(setting, opt, noise, args.overrides)
-                rel_errors[(setting, opt, noise)] = frame.attrs["rel_error"]
-                frames.append(frame)
-    frame = pd.concat(frames, ignore_index=True)
+    frame, rel_errors, configs = load(args.root)
     args.out.mkdir(parents=True, exist_ok=True)
     frame[frame["step"] % args.csv_every == 0].to_csv(args.out / "fig1.csv", index=False,
                                                       float_format="%.6g")
-    plot(frame, args.out / "fig1.png", frames[-1].attrs["config"])
-    table = summarize(frame, rel_errors)
-    print(markdown(table))
-    print(f"wrote {args.out / 'fig1.csv'} and {args.out / 'fig1.png'} "
-          f"in {time.perf_counter() - started:.0f} s")
+    plot(frame, args.out / "fig1.png", configs)
+    print(markdown(summarize(frame, rel_errors)))
+    print(f"wrote {args.out / 'fig1.csv'} and {args.out / 'fig1.png'}")
 
 
 if __name__ == "__main__":

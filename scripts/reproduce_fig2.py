@@ -1,10 +1,10 @@
 """Figure 2: train loss and R2 along a fixed random direction, Adam vs SAM vs DAS (COVID Tucker).
 
 For each Table 1 protocol (``heldout``: ``experiment=table1``; ``paper``:
-``experiment=table1_paper``) this trains Adam, SAM and DAS (seed 0 = split 0) through
-:func:`tensam.train.run` into ``<root>/<protocol>/<optimizer>/`` (a run whose ``checkpoint.pt``
-and ``summary.json`` exist is reused), loads the final cores w and evaluates the train loss and
-the R2 scores at w + t d.
+``experiment=table1_paper``) this loads the final cores w of Adam, SAM and DAS on split 0 (seed 0)
+from Table 1's runs, ``<root>/<protocol>/<none|sam|das>/seed0/`` (``checkpoint.pt`` at the last
+step; ``make reproduce-fig2`` trains them unless ``make reproduce-table1`` already did), and
+evaluates the train loss and the R2 scores at w + t d.
 
 The random direction r (one N(0, 1) draw per core, seeded, hence the same for every model) is
 normalised in two ways, both reported:
@@ -22,8 +22,7 @@ train-loss increase at t = +-radius, and the smallest |t| at which the protocol'
 ``protocol, normalization, optimizer, t, metric, value``; direction 0), ``results/fig2.png`` and
 ``results/fig2.md``.
 
-    python scripts/reproduce_fig2.py              # 50,000 steps per model: runs/fig2/, results/
-    python scripts/reproduce_fig2.py --steps 500  # quick mode: everything in runs/fig2-steps500/
+    python scripts/reproduce_fig2.py [--root runs/table1] [--out results] [--directions 20]
 """
 
 from __future__ import annotations
@@ -42,22 +41,21 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from _common import (  # noqa: E402
     REPO,
-    compose,
+    build,
     fmt_mean_std,
     machine_info,
     markdown_table,
     mean_std,
-    resolved,
 )
 
 from tensam.cores import core_groups  # noqa: E402
-from tensam.tasks import build_task  # noqa: E402
-from tensam.train import run  # noqa: E402
 
 #: protocol -> (experiment config, R2 metrics plotted; the first is the protocol's score)
 PROTOCOLS = {"heldout": ("table1", ("r2_heldout", "r2_observed")),
              "paper": ("table1_paper", ("r2_observed", "r2_heldout"))}
 OPTIMIZERS = {"adam": "Adam", "sam": "SAM", "das": "DAS"}
+#: optimizer -> run directory of Table 1's grid (``none``: the experiment's base alone)
+DIRS = {"adam": "none", "sam": "sam", "das": "das"}
 STYLES = {"adam": ("tab:blue", ":"), "sam": ("tab:orange", "-"), "das": ("tab:green", "--")}
 #: normalisation -> (t range of the plot and the R2-drop search, radii of the loss increase)
 NORMALIZATIONS = {"core": (0.3, (0.01, 0.05)), "global": (2.0, (0.1, 0.5))}
@@ -66,33 +64,15 @@ GRID = 401  # points on [-T, T]; odd, so t = 0 is on the grid
 DIRECTION_SEED = 2025
 
 
-def overrides(protocol: str, optimizer: str, steps: int | None) -> list[str]:
-    steps_override = [f"steps={steps}"] if steps else []
-    cfg = compose([f"experiment={PROTOCOLS[protocol][0]}", *steps_override])
-    return [f"experiment={PROTOCOLS[protocol][0]}", f"optimizer={optimizer}", "seed=0",
-            f"checkpoint_every={int(cfg.steps)}", "logger=disabled", "baselines=false",
-            "threads=1", *steps_override]
-
-
-def trained(protocol: str, optimizer: str, steps: int | None, root: Path):
-    """(task, model at the final weights, summary); trains unless the run directory has them."""
-    cfg = compose(overrides(protocol, optimizer, steps))
-    run_dir = root / protocol / optimizer
-    summary_path, ckpt = run_dir / "summary.json", run_dir / "checkpoint.pt"
-    if summary_path.exists() and ckpt.exists():
-        summary = json.loads(summary_path.read_text())
-        if summary["config"] != resolved(cfg):
-            raise ValueError(f"{run_dir} was trained with another config; delete it or pass --root")
-        print(f"{protocol}/{optimizer}: reusing {ckpt}", flush=True)
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        summary = run(cfg, run_dir)
-        print(f"{protocol}/{optimizer}: trained {summary['steps']} steps in "
-              f"{summary['seconds']:.0f} s", flush=True)
-    container = resolved(cfg)
-    task = build_task(container["task"], container["model"])
-    model = task.build_model()
-    model.load_state_dict(torch.load(ckpt, weights_only=False)["model"])
+def trained(run_dir: Path):
+    """(task, model at the final weights, summary) of a finished training run."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    if ckpt["step"] != summary["steps"]:
+        raise ValueError(f"{run_dir}/checkpoint.pt holds step {ckpt['step']}, not the final step "
+                         f"{summary['steps']}: train with a checkpoint_every that divides steps")
+    task, model = build(summary["config"])
+    model.load_state_dict(ckpt["model"])
     return task, model, summary
 
 
@@ -179,12 +159,14 @@ def plot(frame: pd.DataFrame, path: Path, title: str) -> None:
 def report(rows: list[dict], finals: dict, args, seconds: float, machine: dict) -> str:
     """results/fig2.md: the flatness table beside the paper's qualitative claim."""
     steps = next(iter(finals.values()))["steps"]
-    command = "python scripts/reproduce_fig2.py" + (f" --steps {args.steps}" if args.steps else "")
     root = args.root.relative_to(REPO) if args.root.is_relative_to(REPO) else args.root
+    training = sum(s["seconds"] for s in finals.values())
     lines = [
         "# Figure 2: flatness of Adam, SAM and DAS minima (COVID Tucker completion)", "",
-        f"Generated by `{command} --directions {args.directions}` in {seconds:.0f} s (training "
-        f"included only for runs not already in `{root}/`); seed 0 (split 0), {steps} steps "
+        f"Generated by `python scripts/reproduce_fig2.py --root {root} --directions "
+        f"{args.directions}` in {seconds:.0f} s from the split-0 runs of Table 1 (`make "
+        f"reproduce-fig2`; their training took {training:.0f} s, 1 torch thread each); seed 0 "
+        f"(split 0), {steps} steps "
         f"per model, 1 torch thread; machine: {machine['cpu']}, {machine['cpus']} CPUs, torch "
         f"{machine['torch']}. Directions: N(0, 1) per core, generator seeds "
         f"{DIRECTION_SEED}..{DIRECTION_SEED + args.directions - 1}, identical for the three "
@@ -223,22 +205,17 @@ def verdict(dloss: dict[str, tuple[float, float]], key: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=None,
-                        help="training steps (default: the experiment's 50,000)")
+    parser.add_argument("--root", type=Path, default=REPO / "runs" / "table1",
+                        help="Table 1's runs: <root>/<protocol>/<none|sam|das>/seed0/")
     parser.add_argument("--directions", type=int, default=20)
-    parser.add_argument("--root", type=Path, default=None,
-                        help="run directories (default runs/fig2 or runs/fig2-steps<N>)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output directory (default results/, or the root in quick mode)")
+    parser.add_argument("--out", type=Path, default=REPO / "results")
     args = parser.parse_args()
-    args.root = args.root or REPO / "runs" / (f"fig2-steps{args.steps}" if args.steps else "fig2")
-    args.out = args.out or (args.root if args.steps else REPO / "results")
     torch.set_num_threads(1)
     started = time.perf_counter()
     curves, rows, finals = [], [], {}
     for protocol, (_, metrics) in PROTOCOLS.items():
         for opt in OPTIMIZERS:
-            task, model, summary = trained(protocol, opt, args.steps, args.root)
+            task, model, summary = trained(args.root / protocol / DIRS[opt] / "seed0")
             finals[protocol, opt] = summary
             cores = [c.detach() for g in core_groups(model) for c in g.cores]
             for norm, (limit, radii) in NORMALIZATIONS.items():

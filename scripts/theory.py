@@ -31,16 +31,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _common import REPO, build, config  # noqa: E402
 from torch import nn  # noqa: E402
 
 from tensam.cores import core_groups  # noqa: E402
 from tensam.logging import atomic_write_text  # noqa: E402
 from tensam.metrics.norm_dynamics import layer_covariance, layer_norm_deviation  # noqa: E402
 from tensam.norms import CoreIndex  # noqa: E402
-from tensam.optim import TwoPassOptimizer, build_optimizer  # noqa: E402
-from tensam.tasks.denoise import Tucker2Denoise  # noqa: E402
+from tensam.optim import build_optimizer  # noqa: E402
 from tensam.tensorized import Tucker  # noqa: E402
-from tensam.training import train_step  # noqa: E402
+from tensam.training import LoopConfig, make_closure, train_step  # noqa: E402
 
 ETAS = (1e-2, 3e-3, 1e-3, 1e-4, 1e-5, 1e-6)
 RHO = 0.01
@@ -49,7 +49,13 @@ POINTS = (0, 300, 600, 900, 1200)  # trajectory steps at which the rates are mea
 BETA = 0.9
 CONVERGED = 4000  # full-batch GD steps before the near-convergence measurement
 HORIZON = 0.5  # time eta_eff * steps over which the momentum drift is measured
-TASK = dict(noise=1.0, batching="fresh", dtype="float64", init_scales=(1.0, 1.0, 3.0))
+#: configs/task/tucker2_denoise.yaml and configs/model/tucker2.yaml (unbalanced start), float64
+TASK = ["task=tucker2_denoise", "model=tucker2", "task.noise=1.0", "task.dtype=float64"]
+
+
+def tucker2(batching: str = "fresh"):
+    """(task, model): Tucker-2 denoising with fresh noise each step or the fixed draw (full)."""
+    return build(config([*TASK, f"task.batching={batching}"]))
 
 
 class TwoLayerTucker2(nn.Module):
@@ -57,12 +63,9 @@ class TwoLayerTucker2(nn.Module):
 
     def __init__(self, seed: int = 0):
         super().__init__()
-        kw = dict(init="normal", std=0.3, dtype=torch.float64)
-        self.layer1 = Tucker((20, 8), (3, 3), seed=seed, **kw)
-        self.layer2 = Tucker((8, 20), (3, 3), seed=seed + 1, **kw)
-        with torch.no_grad():  # unbalanced start in both layers
-            self.layer1.factors[0].mul_(3.0)
-            self.layer2.core.mul_(3.0)
+        kw = dict(init="normal", std=0.3, dtype=torch.float64)  # unbalanced start in both layers
+        self.layer1 = Tucker((20, 8), (3, 3), seed=seed, scales=(1.0, 3.0, 1.0), **kw)
+        self.layer2 = Tucker((8, 20), (3, 3), seed=seed + 1, scales=(3.0, 1.0, 1.0), **kw)
 
     def forward(self) -> torch.Tensor:
         return self.layer1() @ self.layer2()
@@ -73,15 +76,14 @@ def optimizer(model: nn.Module, method: str, eta: float, rho: float = RHO, momen
     return build_optimizer({**cfg, "rho": rho} if method == "sam" else cfg, model)
 
 
-def trajectory_states(task: Tucker2Denoise, model: nn.Module, points=POINTS, lr: float = 5e-4,
+def trajectory_states(task, model: nn.Module, points=POINTS, lr: float = 5e-4,
                       method: str = "none", rho: float = RHO) -> list[tuple[int, dict]]:
     """Model states at the steps ``points`` of an SGD (or SAM) run from the initialisation."""
     opt, states = optimizer(model, method, lr, rho), []
     for step in range(max(points) + 1):
         if step in points:
             states.append((step, {k: v.clone() for k, v in model.state_dict().items()}))
-        _, closure = train_step(task, model, opt, task.batch(step))
-        opt.step(closure) if isinstance(opt, TwoPassOptimizer) else opt.step()
+        train_step(task, model, opt, task.batch(step))
     return states
 
 
@@ -90,15 +92,19 @@ def measure_step(task, model, state, step, method, eta, rho=RHO) -> dict[str, np
     model.load_state_dict(state)
     index = CoreIndex(core_groups(model))
     opt = optimizer(model, method, eta, rho)
-    _, closure = train_step(task, model, opt, task.batch(step))
-    sq_core, sq_grad = index.core_sq_norms(), index.grad_sq_norms()
+    at_w = {}
+
+    def measure():  # on the first gradient, at w, before the update
+        at_w["sq_core"], at_w["sq_grad"] = index.core_sq_norms(), index.grad_sq_norms()
+        at_w["before"] = [c.detach().clone() for c in index.cores]
+
+    opt.step(make_closure(task, model, opt, [task.batch(step)], LoopConfig(1), measure))
+    sq_core, sq_grad, before = at_w["sq_core"], at_w["sq_grad"], at_w["before"]
     q0 = layer_norm_deviation(index, sq_core)
     cov = layer_covariance(index, sq_core, sq_grad)
     K = index.K.to(cov)
     u_global = sq_grad.sum().rsqrt()
     u_layer = index.layer_sum(sq_grad).rsqrt()
-    before = [c.detach().clone() for c in index.cores]
-    opt.step(closure) if isinstance(opt, TwoPassOptimizer) else opt.step()
     q1 = layer_norm_deviation(index, index.core_sq_norms())
     inner = torch.stack([(g0 * c.grad).sum() for g0, c in zip(before, index.cores, strict=True)])
     flow = index.layer_sum(2 * (sq_core - index.layer_mean(sq_core)) * (-2 * inner))
@@ -129,8 +135,7 @@ def drift(task, model, state, start, method, eta, momentum=0.0) -> float:
     q0 = float(layer_norm_deviation(index, index.core_sq_norms()).sum())
     eta_eff = eta / (1 - momentum)
     for step in range(start, start + round(HORIZON / eta_eff)):
-        _, closure = train_step(task, model, opt, task.batch(step))
-        opt.step(closure) if isinstance(opt, TwoPassOptimizer) else opt.step()
+        train_step(task, model, opt, task.batch(step))
     return (float(layer_norm_deviation(index, index.core_sq_norms()).sum()) - q0) / q0
 
 
@@ -142,13 +147,12 @@ def table(header: list[str], rows: list[list]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument("--out", type=Path, default=REPO / "results")
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
-    task = Tucker2Denoise(**TASK)
-    models = {"Tucker-2 (K=3)": task.build_model(), "2-layer Tucker-2 (D=2, K_l=3)":
-              TwoLayerTucker2()}
+    task, model = tucker2()
+    models = {"Tucker-2 (K=3)": model, "2-layer Tucker-2 (D=2, K_l=3)": TwoLayerTucker2()}
     states = {name: trajectory_states(task, m) for name, m in models.items()}
     single, multi = models.values()
     s_single, s_multi = states.values()
@@ -206,12 +210,11 @@ def main() -> None:
            "vanishes too. At a GD-converged point whatever still moves Q under SAM is the "
            "O(rho^2) remainder; at a point where SAM itself (same rho) has converged, ||g|| = "
            "O(rho) and both terms are O(rho^2) (eta = 1e-6).", ""]
-    full_task = Tucker2Denoise(**{**TASK, "batching": "full"})
-    gd_end = trajectory_states(full_task, full_task.build_model(), (CONVERGED,), lr=1e-3)
+    full_task, full_model = tucker2("full")
+    gd_end = trajectory_states(full_task, full_model, (CONVERGED,), lr=1e-3)
     runs = [("GD", rho, gd_end) for rho in RHOS]
     runs += [(f"SAM, rho = {rho:g}", rho, trajectory_states(
-        full_task, full_task.build_model(), (CONVERGED,), lr=1e-3, method="sam", rho=rho))
-        for rho in RHOS[:3]]
+        *tucker2("full"), (CONVERGED,), lr=1e-3, method="sam", rho=rho)) for rho in RHOS[:3]]
     conv_rows = []
     for name, rho, end in runs:
         s = over_points(full_task, single, end, "sam", ETAS[-1], rho)
@@ -229,7 +232,7 @@ def main() -> None:
     start, state = s_single[2]
     mom_rows = []
     for batching in ("fresh", "full"):
-        drift_task = Tucker2Denoise(**{**TASK, "batching": batching})
+        drift_task = tucker2(batching)[0]
         for eta in (1e-3, 1e-4, 1e-5):
             eff = eta / (1 - BETA)
             mom_rows.append([batching, f"{eta:.0e}", round(HORIZON / eff),
