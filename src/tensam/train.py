@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -129,6 +130,16 @@ def run(cfg: DictConfig, run_dir: Path, progress: bool = False) -> dict:
     settings = trajectory_settings(container)
     key, higher = objective(container)
     run_dir = Path(run_dir)
+    # a finished run of these very settings is returned without building anything (its
+    # config was checked when it ran); a run directory of other settings is refused
+    where = RunDir(run_dir, settings, container["resume"])
+    stored = where.finished()
+    if stored is not None:
+        if stored.get("status") == "diverged":
+            raise DivergenceError(stored["diverged_at_step"], stored["train/loss"])
+        print(f"tensam: {run_dir} already holds this run's summary; not training again",
+              file=sys.stderr)
+        return stored
     if container.get("threads"):
         torch.set_num_threads(int(container["threads"]))
     rank, world = distributed.init_from_env()
@@ -154,14 +165,6 @@ def run(cfg: DictConfig, run_dir: Path, progress: bool = False) -> dict:
         scheduler = build_scheduler(container["scheduler"], optimizer, steps)
     except (ValueError, TypeError) as err:
         raise ConfigError(str(err)) from None
-    where = RunDir(run_dir, settings, container["resume"])
-    stored = where.finished()
-    if stored is not None:
-        if stored.get("status") == "diverged":
-            raise DivergenceError(stored["diverged_at_step"], stored["train/loss"])
-        print(f"tensam: {run_dir} already holds this run's summary; not training again",
-              file=sys.stderr)
-        return stored
     ckpt = where.checkpoint_state()
     state = restore(ckpt, model, optimizer, scheduler) if ckpt is not None else None
     start = state.step if state is not None else 0
@@ -176,9 +179,10 @@ def run(cfg: DictConfig, run_dir: Path, progress: bool = False) -> dict:
               if rank == 0 else None)
     summary = train(task, model, optimizer, loop, run_dir, logger, scheduler, state,
                     where.fingerprint, settings)
+    started = time.perf_counter()
+    baselines = task.baselines() if container["baselines"] and rank == 0 else {}
     summary.update({"primary_metric": task.primary_metric, "objective": key, "data": task.info(),
-                    "baselines": task.baselines() if container["baselines"] and rank == 0
-                    else {},
+                    "baselines": baselines, "baselines_seconds": time.perf_counter() - started,
                     "fingerprint": where.fingerprint, "settings": settings,
                     "config": container, "world_size": world})
     if logger is not None:

@@ -177,10 +177,13 @@ def make_closure(task: Task, model, optimizer, micro_batches: list, loop: LoopCo
     return closure
 
 
-def train_step(task: Task, model, optimizer, batch, precision: str = "fp32") -> torch.Tensor:
+def train_step(task: Task, model, optimizer, batch, precision: str = "fp32",
+               on_first_backward=None) -> torch.Tensor:
     """One optimizer step on one batch, outside :func:`train` (scripts, tests, benchmarks);
-    returns the loss of the first pass."""
-    closure = make_closure(task, model, optimizer, [batch], LoopConfig(1, precision=precision))
+    ``on_first_backward`` runs once the first pass's gradients are on ``.grad``. Returns the
+    loss of the first pass."""
+    closure = make_closure(task, model, optimizer, [batch], LoopConfig(1, precision=precision),
+                           on_first_backward)
     return optimizer.step(closure)
 
 

@@ -240,8 +240,10 @@ class ScalingOptimizer(WrappedOptimizer):
             return all(c.device.type == "cpu" and c.is_contiguous() for c in cores)
         return bool(self.flatten)
 
-    def _current_layout(self) -> tuple:
-        return tuple((c.data_ptr(), c.dtype, c.device) for c in self.index.cores)
+    def _current_layout(self) -> list[int]:
+        """Where every core's data lives: a move or a change of dtype or memory format gives a
+        core new storage, so the data pointers alone tell (one C call per core)."""
+        return [c.data_ptr() for c in self.index.cores]
 
     @torch.no_grad()
     def _relayout(self, residuals: list[torch.Tensor] | None) -> None:
