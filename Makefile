@@ -8,7 +8,8 @@ NLP_STAMP := .venv/.installed-nlp
 export WANDB_MODE ?= offline
 
 .PHONY: venv setup test lint reproduce-table1 reproduce-fig1 reproduce-fig2 theory \
-	reproduce-optimizers reproduce-all bench clean
+	reproduce-optimizers reproduce-all bench clean reproduce-noise-cpu reproduce-normdyn-cpu \
+	reproduce-table2 reproduce-fig3 bench-vision gpu-check
 
 venv: $(STAMP)
 
@@ -90,6 +91,63 @@ reproduce-all: reproduce-table1 reproduce-fig1 reproduce-fig2 theory reproduce-o
 # Per-step cost of SAM and DAS vs the base optimizer, timed in one process (no training runs).
 bench: venv
 	$(PY) scripts/bench_optim.py
+
+# --- Tensorized ResNets on CIFAR-10 (Sec. 5.2). Data: TENSAM_CIFAR10=<cifar10-jpg.tar.gz or an
+# ImageFolder dir>, or task.data.source=torchvision via GRID_ARGS (downloads). Each run directory
+# is runs/<grid>/<experiment name>/<optimizer>/seed<k>[/...].
+VISION_DIR = 'hydra.sweep.subdir=$${name}/$${hydra:runtime.choices.optimizer}/seed$${seed}'
+SEED ?= 0
+
+# CPU scale, 2 cores: Table 2's label-noise trend (TR-ResNet-20 r10, 10k subset, 60% noise,
+# 15 epochs; about 45 min for one seed with 2 runs at a time) and the norm dynamics of a real
+# network (300 steps per method, about 10 min).
+reproduce-noise-cpu: venv
+	$(MULTIRUN) experiment=noise_cpu optimizer=sam,sgd,das seed=$(SEED) \
+		hydra.sweep.dir=runs/vision_cpu $(VISION_DIR)
+	$(PY) scripts/make_table2.py --root runs/vision_cpu/noise_cpu --out results/noise_cpu.md \
+		--title "Label-noise trend at CPU scale: TR-ResNet-20 (rank 10), CIFAR-10 10k subset, 60% noise, 15 epochs"
+
+reproduce-normdyn-cpu: venv
+	$(MULTIRUN) experiment=normdyn_cpu optimizer=sam,sgd,das seed=$(SEED) \
+		hydra.sweep.dir=runs/vision_cpu $(VISION_DIR)
+	$(PY) scripts/make_normdyn.py --root runs/vision_cpu/normdyn_cpu --seed $(SEED)
+
+# Paper scale (GPUs; LAUNCHER=slurm GRID_ARGS='hydra.launcher.gpus_per_node=1 ...' on a cluster).
+# Table 2: TR-ResNet-32 r15, 200 epochs, noise 40/60/80%, 3 seeds.
+reproduce-table2: venv
+	$(MULTIRUN) experiment=table2 optimizer=sam,sgd,das task.data.label_noise=0.4,0.6,0.8 \
+		seed=0,1,2 hydra.sweep.dir=runs/table2 \
+		'hydra.sweep.subdir=noise$${task.data.label_noise}/$${hydra:runtime.choices.optimizer}/seed$${seed}'
+	$(PY) scripts/make_table2.py --root runs/table2
+
+# Figure 3: per decomposition and rank, tune rho and alpha on the 45k/5k split (80 epochs, the
+# paper's five values each), then train 10 seeds of SGD and of SAM/DAS at the tuned values on all
+# 50k images (180 epochs). FIG3_RHO / FIG3_ALPHA: the tuned values (one per run of this target;
+# read them from the sweeps' logs or optuna.db: `optuna trials --study-name ...`).
+FIG3_CONV ?= tr
+FIG3_RANK ?= 10
+FIG3_RHO ?= 0.05
+FIG3_ALPHA ?= 0.05
+FIG3_MODEL = model.conv=$(FIG3_CONV) model.rank=$(FIG3_RANK)
+reproduce-fig3: venv
+	$(MULTIRUN) experiment=fig3_tune $(FIG3_MODEL) hparams_search=rho_optuna \
+		hydra.sweep.dir=runs/fig3_tune/$(FIG3_CONV)$(FIG3_RANK)/rho
+	$(MULTIRUN) experiment=fig3_tune $(FIG3_MODEL) hparams_search=alpha_optuna \
+		hydra.sweep.dir=runs/fig3_tune/$(FIG3_CONV)$(FIG3_RANK)/alpha
+	$(MULTIRUN) experiment=fig3 $(FIG3_MODEL) optimizer=sgd,sam,das ++presets.sam.rho=$(FIG3_RHO) \
+		++presets.das.alpha=$(FIG3_ALPHA) seed=0,1,2,3,4,5,6,7,8,9 hydra.sweep.dir=runs/fig3 \
+		'hydra.sweep.subdir=$${model.conv}$${model.rank}/$${hydra:runtime.choices.optimizer}/seed$${seed}'
+	$(PY) scripts/make_fig3.py --root runs/fig3
+
+# Step time of dense vs TR-ResNet-20 and of SAM/DAS vs SGD, and the data pipeline, on CPU.
+bench-vision: venv
+	$(PY) scripts/bench_vision.py
+
+# On a machine with a CUDA GPU (under 8 minutes): the CUDA-marked tests, then the step times of
+# dense / TR-ResNet-20 / TR-ResNet-32 with SGD, SAM and DAS -> results/bench_vision_gpu.md.
+gpu-check: venv
+	$(PY) -m pytest -m cuda -q tests
+	$(PY) scripts/bench_vision.py --device cuda --threads 4 --blocks 10 --steps 10
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -37,10 +37,9 @@ def _compose(overrides, hydra=False):
         return compose("train", overrides=overrides, return_hydra_config=hydra)
 
 
-def _resolved(cfg):
+def _resolved(cfg, keys=("task", "model", "optimizer", "presets")):
     """The sections a run builds, resolved (the logger's ${hydra:...} needs a running app)."""
-    return {k: OmegaConf.to_container(cfg[k], resolve=True)
-            for k in ("task", "model", "optimizer", "presets")}
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys}
 
 
 #: tasks whose data is large: the model gets their inputs from a stub (the task itself is
@@ -104,8 +103,11 @@ def test_plain_optimizers_train_themselves_or_refuse(experiment, plain):
     assert type(opt) is TORCH[plain]
 
 
+OPT = ("optimizer", "presets")
+
+
 def _own(method, key):
-    return _resolved(_compose([f"optimizer={method}"]))["optimizer"][key]
+    return _resolved(_compose([f"optimizer={method}"]), OPT)["optimizer"][key]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -113,18 +115,18 @@ def test_an_experiments_values_reach_only_their_own_method(experiment):
     """table1 pins SAM rho 0.01 and DAS alpha 0.001; on today's main ASAM got rho 0.01 and nBAR
     alpha 0.001. Each optimizer config reads only presets.<its name>."""
     cfg = _compose([f"experiment={experiment}"])
-    presets = _resolved(cfg).get("presets", {})
+    presets = _resolved(cfg, OPT).get("presets", {})
     for method, key in (("sam", "rho"), ("asam", "rho"), ("nusam", "rho"), ("das", "alpha"),
                         ("nbar", "alpha"), ("obar", "alpha")):
-        got = _resolved(_compose([f"experiment={experiment}", f"optimizer={method}"]))
+        got = _resolved(_compose([f"experiment={experiment}", f"optimizer={method}"]), OPT)
         want = presets.get(method, {}).get(key, _own(method, key))
         assert got["optimizer"][key] == want, (method, key)
     if experiment == "table1":
         assert presets["sam"]["rho"] == 0.01 and _own("asam", "rho") == 0.5
     for base in BASES:  # fig1's SGD momentum 0 must not reach Adam
         got = _resolved(_compose([f"experiment={experiment}", f"optimizer/base={base}",
-                                  "optimizer=none"]))["optimizer"]["base"]
-        own = _resolved(_compose([f"optimizer/base={base}"]))["optimizer"]["base"]
+                                  "optimizer=none"]), OPT)["optimizer"]["base"]
+        own = _resolved(_compose([f"optimizer/base={base}"]), OPT)["optimizer"]["base"]
         assert got == {**own, **presets.get(base, {})}
 
 

@@ -110,7 +110,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path, monkeypa
     assert a["step"] == b["step"] == 40
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert (whole / "metrics.jsonl").read_text() == (split / "metrics.jsonl").read_text()
-    timing = {"seconds", "seconds_per_step"}
+    timing = {"seconds", "seconds_per_step", "baselines_seconds"}
     assert {k: v for k, v in resumed.items() if k not in timing} == \
         {k: v for k, v in expected.items() if k not in timing}
 
