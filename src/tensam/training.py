@@ -287,7 +287,7 @@ def train(task: Task, model, optimizer, loop: LoopConfig, run_dir: Path,
         progress(step, loss)
     state.step = step
     state.seconds += time.perf_counter() - started
-    return _finish(task, model, batches, state, logger, loop)
+    return _finish(task, model, index, batches, state, logger, loop)
 
 
 def _finite(model) -> bool:
@@ -313,8 +313,8 @@ def _diverged(task: Task, state: State, step: int, loss, logger, record) -> dict
             **{k: None for k in task.metrics}}
 
 
-def _finish(task: Task, model, batches, state: State, logger, loop: LoopConfig) -> dict:
-    index = CoreIndex(core_groups(unwrap(model)))
+def _finish(task: Task, model, index: CoreIndex, batches, state: State, logger,
+            loop: LoopConfig) -> dict:
     final = _evaluate(task, model)
     model.eval()
     with torch.no_grad():

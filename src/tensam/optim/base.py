@@ -263,6 +263,8 @@ class ScalingOptimizer(WrappedOptimizer):
         if not len(idx):
             return
         idx.unflatten_()
+        idx.to(idx.cores[0].device)  # the index tensors follow the cores (a device move)
+        self._lr_cache = None
         if self._wants_flat() and not idx.flatten_() and self.flatten is True:
             raise ValueError("flatten=True needs leaf cores of one dtype and device")
         if self.compensated:
@@ -333,9 +335,6 @@ class ScalingOptimizer(WrappedOptimizer):
         if not len(self.index):
             return self.base.step()
         self._check_layout()
-        if self.index.device != self.index.cores[0].device:
-            self.index.to(self.index.cores[0].device)
-            self._lr_cache = None
         cores, lam, residual = self._operands(self.scale_factors())
         if not self.compensated:
             increments = torch._foreach_mul(cores, lam)  # lambda G^(t), before the base step
