@@ -9,7 +9,8 @@ export WANDB_MODE ?= offline
 
 .PHONY: venv setup test lint reproduce-table1 reproduce-fig1 reproduce-fig2 theory \
 	reproduce-optimizers reproduce-all bench clean reproduce-noise-cpu reproduce-normdyn-cpu \
-	reproduce-table2 reproduce-fig3 bench-vision gpu-check
+	reproduce-table2 reproduce-fig3 bench-vision gpu-check \
+	reproduce-table4-cpu reproduce-table3-cpu reproduce-table3 bench-peft
 
 venv: $(STAMP)
 
@@ -148,6 +149,56 @@ bench-vision: venv
 gpu-check: venv
 	$(PY) -m pytest -m cuda -q tests
 	$(PY) scripts/bench_vision.py --device cuda --threads 4 --blocks 10 --steps 10
+
+# --- Compressing a trained network into Tensor-Train form and fine-tuning it (Sec. 5.2, Table 3).
+# CPU scale: a dense ResNet-20 trained on CIFAR-10 (runs/table3_cpu/pretrain, kept, trained once),
+# compressed by TT-SVD to about 40% of its conv weights and scored (runs/table3_cpu/before), then
+# fine-tuned for 2 epochs with SGD, SAM and DAS, 2 seeds -> results/table3_cpu.md.
+TABLE3_DIR = 'hydra.sweep.subdir=$${hydra:runtime.choices.optimizer}/seed$${seed}'
+reproduce-table3-cpu: venv
+	$(PY) train.py experiment=table3_cpu_pretrain logger=$(LOGGER) seed=0 threads=2 \
+		hydra.run.dir=runs/table3_cpu/pretrain
+	$(PY) train.py experiment=table3_cpu logger=$(LOGGER) optimizer=none epochs=null steps=0 \
+		threads=2 hydra.run.dir=runs/table3_cpu/before
+	$(MULTIRUN) experiment=table3_cpu optimizer=sgd,sam,das seed=0,1 \
+		hydra.sweep.dir=runs/table3_cpu $(TABLE3_DIR)
+	$(PY) scripts/make_table3.py --root runs/table3_cpu --out results/table3_cpu.md \
+		--title "Table 3's pipeline at CPU scale: dense ResNet-20 on CIFAR-10, TT-compressed to 40% of its conv weights, fine-tuned 2 epochs"
+
+# Paper scale (ImageNet as TENSAM_IMAGENET=<ImageFolder dir>, GPUs): TT-ResNet-18 from torchvision's
+# IMAGENET1K_V1, scored before fine-tuning, then SGD / SAM / DAS for 15 epochs, 5 seeds, each run
+# data-parallel through $(TORCHRUN) -> results/table3.md.
+TORCHRUN ?= torchrun --nproc_per_node 8
+reproduce-table3: venv
+	$(PY) train.py experiment=table3 logger=$(LOGGER) optimizer=none epochs=null steps=0 \
+		hydra.run.dir=runs/table3/before
+	for opt in sgd sam das; do for seed in 0 1 2 3 4; do \
+		$(TORCHRUN) train.py experiment=table3 logger=$(LOGGER) optimizer=$$opt seed=$$seed \
+			hydra.run.dir=runs/table3/$$opt/seed$$seed || exit 1; done; done
+	$(PY) scripts/make_table3.py --root runs/table3 --out results/table3.md
+
+# --- Tensor adapters on language models (Sec. 5.3). Data: TENSAM_GLUE=<dir with SST-2/ and RTE/
+# holding GLUE's train.tsv and dev.tsv> (unset: datasets.load_dataset from the hub).
+# CPU scale (Table 4's protocol on all-MiniLM-L6-v2, 2 runs at a time): FLoRA and LoRETTA_rep with
+# Adam, SAM and DAS, LoRA r 8 and full fine-tuning, SST-2 and RTE, 3 data seeds; the table of
+# test accuracy (mean +- std) -> results/table4_cpu.md. Run directories:
+# runs/table4_cpu/<task>/<adapter kind, none = full fine-tuning>/<optimizer>/seed<data seed>.
+GLUE_TASKS ?= glue_sst2,glue_rte
+GLUE_SEEDS ?= 13,21,42
+GLUE_CPU = $(MULTIRUN) experiment=glue_minilm task=$(GLUE_TASKS) task.data_seed=$(GLUE_SEEDS) \
+	hydra.sweep.dir=runs/table4_cpu \
+	'hydra.sweep.subdir=$${task.name}/$${model.adapter.kind}/$${hydra:runtime.choices.optimizer}/seed$${task.data_seed}'
+reproduce-table4-cpu: setup
+	$(GLUE_CPU) model.adapter.kind=flora,loretta_rep optimizer=none,sam,das
+	$(GLUE_CPU) model.adapter.kind=lora
+	$(GLUE_CPU) model=minilm_full optimizer.base.lr=5e-5
+	$(PY) scripts/make_table4.py --root runs/table4_cpu --out results/table4_cpu.md
+
+# Per-step time and optimizer memory of Adam, SAM and DAS on FLoRA and LoRETTA_rep (MiniLM), side
+# by side in one process -> results/bench_peft.md (bench_peft_gpu.md with BENCH_PEFT_ARGS=--device cuda).
+BENCH_PEFT_ARGS ?=
+bench-peft: setup
+	$(PY) scripts/bench_peft.py $(BENCH_PEFT_ARGS)
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache .ruff_cache

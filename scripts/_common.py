@@ -7,15 +7,17 @@ directories back and format tables:
   model (for analyses that are not training runs);
 * :func:`cached`: an analysis result stored as JSON next to the runs, recomputed only when its
   settings change;
-* :func:`load_summaries`, :func:`read_jsonl`, :func:`mean_std`, :func:`fmt_mean_std`,
-  :func:`markdown_table`, :func:`machine_info`.
+* :func:`load_summaries`, :func:`method_of`, :func:`read_jsonl`, :func:`mean_std`,
+  :func:`fmt_mean_std`, :func:`markdown_table`, :func:`machine_info`.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,30 @@ def load_summaries(root: Path, pattern: str = "**/summary.json") -> dict[tuple[s
             for path in sorted(root.glob(pattern))}
 
 
+def interleaved_times(runs: Mapping[str, Callable[[], Any]], blocks: int, steps: int,
+                      sync: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
+    """Seconds per call of each of ``runs`` (name -> one training step), measured in ``blocks``
+    blocks of ``steps`` calls, the configurations interleaved and rotated from block to block so
+    that machine noise hits all alike; one time per block and configuration."""
+    times, names = {name: [] for name in runs}, list(runs)
+    for b in range(blocks):
+        for name in names[b % len(names):] + names[: b % len(names)]:
+            sync()
+            start = time.perf_counter()
+            for _ in range(steps):
+                runs[name]()
+            sync()
+            times[name].append((time.perf_counter() - start) / steps)
+    return times
+
+
+def method_of(config: Mapping) -> str:
+    """A run's method from its stored config: the base optimizer's name (upper case) when it
+    trains alone, else the method's (SAM, DAS, ...)."""
+    opt = config["optimizer"]
+    return {"none": opt["base"]["name"].upper()}.get(opt["method"], opt["method"].upper())
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
     values = np.asarray(values, dtype=float)
@@ -95,6 +121,61 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, lines: list[str], summaries: Mapping, note: str) -> None:
+    """Write ``lines`` to ``out`` as a Markdown report, closed by the machine, the training time
+    of all ``summaries`` together and ``note`` on how to read their step times."""
+    machine = machine_info()
+    hours = sum(s["seconds"] for s in summaries.values()) / 3600
+    footer = (f"Machine: {machine['cpu']} ({machine['cpus']} CPUs), torch {machine['torch']}; "
+              f"training time of all runs together: {hours:.2f} h. s/step is each run's wall "
+              f"time per step (SAM's two passes included) {note}")
+    atomic_write_text(out, "\n".join([*lines, footer]) + "\n")
+    print(f"wrote {out}")
+
+
+def bench_parser(doc: str, steps: int, threads: int) -> argparse.ArgumentParser:
+    """The options every benchmark takes: --device, --warmup, --blocks, --steps, --threads,
+    --out."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--blocks", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--threads", type=int, default=threads)
+    parser.add_argument("--out", type=Path, default=None)
+    return parser
+
+
+def write_bench(name: str, out: Path | None, device, text: str, data: dict) -> None:
+    """``text`` to ``out`` (default ``results/<name>.md``, ``<name>_gpu.md`` on CUDA) and
+    ``data`` beside it as JSON."""
+    import torch
+
+    gpu = torch.device(device).type == "cuda"
+    out = out or REPO / "results" / f"{name}{'_gpu' if gpu else ''}.md"
+    atomic_write_text(out, text)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(data, indent=1))
+    print(text)
+
+
+def bench_machine(script: str, threads: int, load_before: tuple, device) -> dict:
+    """:func:`machine_info` of a benchmark: its command line, the date, the load average before
+    and after it, and the GPU's name when ``device`` is CUDA."""
+    import datetime
+    import sys
+
+    import torch
+
+    machine = {**machine_info(), "threads": threads,
+               "command": " ".join([".venv/bin/python", f"scripts/{script}", *sys.argv[1:]]),
+               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+               "load": " / ".join(" ".join(f"{x:.2f}" for x in load)
+                                  for load in (load_before, os.getloadavg()))}
+    if torch.device(device).type == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name(0)
+    return machine
 
 
 def machine_info() -> dict:

@@ -17,19 +17,12 @@ block. On CUDA every block ends with a synchronisation.
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
 import os
 import statistics
-import sys
-import time
-from pathlib import Path
 
 import torch
-from _common import REPO, machine_info, markdown_table
+from _common import bench_machine, bench_parser, interleaved_times, markdown_table, write_bench
 
-from tensam.logging import atomic_write_text
 from tensam.models import ResNet
 from tensam.optim import build_optimizer
 from tensam.tasks import ImageClassification
@@ -92,17 +85,13 @@ def measure(device: torch.device, batch_size: int, warmup: int, blocks: int, ste
         runs[name] = (model, optimizer)
         for _ in range(warmup):
             train_step(task, model, optimizer, batch)
-    times, losses = {name: [] for name in runs}, {}
-    names = list(runs)
-    for b in range(blocks):
-        for name in names[b % len(names):] + names[: b % len(names)]:
-            model, optimizer = runs[name]
-            sync()
-            start = time.perf_counter()
-            for _ in range(steps):
-                losses[name] = train_step(task, model, optimizer, batch)
-            sync()
-            times[name].append((time.perf_counter() - start) / steps)
+    losses = {}
+
+    def step(name):
+        model, optimizer = runs[name]
+        return lambda: losses.__setitem__(name, train_step(task, model, optimizer, batch))
+
+    times = interleaved_times({name: step(name) for name in runs}, blocks, steps, sync)
     diverged = [n for n, loss in losses.items() if not torch.isfinite(loss)]
     if diverged:
         raise RuntimeError(f"benchmark runs diverged: {diverged}")
@@ -142,33 +131,17 @@ def report(times: dict, pipeline: float, batch_size: int, args, machine: dict) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser = bench_parser(__doc__, steps=4, threads=1)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--blocks", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     load = os.getloadavg()
     times, pipeline = measure(device, args.batch_size, args.warmup, args.blocks, args.steps)
-    machine = {**machine_info(), "threads": args.threads,
-               "command": " ".join([".venv/bin/python", "scripts/bench_vision.py", *sys.argv[1:]]),
-               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-               "load": f"{' '.join(f'{x:.2f}' for x in load)} / "
-                       f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"}
-    if device.type == "cuda":
-        machine["gpu"] = torch.cuda.get_device_name(0)
-    out = args.out or REPO / "results" / ("bench_vision_gpu.md" if device.type == "cuda"
-                                          else "bench_vision.md")
-    text = report(times, pipeline, args.batch_size, args, machine)
-    atomic_write_text(out, text)
-    atomic_write_text(out.with_suffix(".json"), json.dumps(
-        {"machine": machine, "times_s": times, "pipeline_images_per_s": pipeline}, indent=1))
-    print(text)
+    machine = bench_machine("bench_vision.py", args.threads, load, device)
+    write_bench("bench_vision", args.out, device,
+                report(times, pipeline, args.batch_size, args, machine),
+                {"machine": machine, "times_s": times, "pipeline_images_per_s": pipeline})
 
 
 if __name__ == "__main__":

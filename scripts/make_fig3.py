@@ -23,8 +23,7 @@ import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from _common import load_summaries, machine_info, markdown_table  # noqa: E402
-from make_table2 import method_of  # noqa: E402
+from _common import load_summaries, machine_info, markdown_table, method_of  # noqa: E402
 
 from tensam.logging import atomic_write_text  # noqa: E402
 from tensam.models.resnet import ResNet  # noqa: E402

@@ -223,7 +223,8 @@ def test_the_task_evaluates_and_reports(data):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
     with torch.no_grad():
         metrics = task.evaluate(model)
-    assert set(metrics) == {"accuracy", "loss"} and 0 <= metrics["accuracy"] <= 1
+    assert set(metrics) == {"accuracy", "top5", "loss"}
+    assert 0 <= metrics["accuracy"] <= metrics["top5"] <= 1
     assert task.info()["n_train"] == 50 and task.info()["label_noise"] == 0.2
     assert task.loss(model, next(task.batches())).isfinite()
     assert vision.pipeline_throughput(task, steps=3, warmup=1) > 0

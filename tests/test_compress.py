@@ -150,3 +150,69 @@ def test_unknown_layer_names_raise_before_anything_changes():
     with pytest.raises(ValueError, match="2 TT-ranks"):
         tt_svd(torch.zeros(2, 3, 4), (2,))
     assert math.isnan(tensorize(nn.Conv2d(2, 2, 3, device="meta"), 2)[1].rel_error)
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (32, 16), (64, 64), (16, 3)])
+@pytest.mark.parametrize("ratio", [0.1, 0.4, 0.9])
+def test_tt_rank_for_ratio_is_the_largest_rank_within_the_budget(shape, ratio):
+    conv = nn.Conv2d(shape[1], shape[0], 3, bias=False)
+    r = tc.tt_rank_for_ratio(conv, ratio)
+
+    def cores(r):
+        return r * shape[0] + 9 * r * r + r * shape[1]
+
+    assert r == 1 or cores(r) <= ratio * conv.weight.numel() < cores(r + 1)
+
+
+def _dense_resnet20(path):
+    torch.manual_seed(0)
+    dense = ResNet(20, "dense")
+    for m in dense.modules():  # non-trivial BatchNorm statistics, as after training
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    torch.save(dense.state_dict(), path)
+    return dense
+
+
+def test_compressed_resnet_compresses_the_loaded_weights_of_the_stage_convs(tmp_path):
+    dense = _dense_resnet20(tmp_path / "dense.pt")
+    model = tc.compressed_resnet(tmp_path / "dense.pt", ratio=0.4)
+    tt = {n: m for n, m in model.named_modules() if isinstance(m, TTConv2d)}
+    convs = {n: m for n, m in dense.named_modules() if isinstance(m, nn.Conv2d)}
+    assert sorted(tt) == sorted(n for n in convs if n.startswith("blocks."))  # 18 of 19
+    assert isinstance(model.conv1, nn.Conv2d) and len(tt) == 18
+    state = model.state_dict()
+    for name, value in dense.state_dict().items():  # stem, BatchNorm (stats too) and fc loaded
+        if not name.startswith(tuple(tt)):
+            assert torch.equal(state[name], value), name
+    reports = {r.name: r for r in model.compression_report}
+    for name, layer in tt.items():
+        w = convs[name].weight.detach().double()
+        assert layer.rank == (tc.tt_rank_for_ratio(convs[name], 0.4),) * 2
+        error = torch.linalg.norm(layer.kernel().double() - w) / torch.linalg.norm(w)
+        assert math.isclose(reports[name].rel_error, error.item(), rel_tol=1e-6)
+        assert 0 < reports[name].rel_error < 1
+    before = sum(r.params_before for r in reports.values())
+    after = sum(r.params_after for r in reports.values())
+    assert 0.3 < after / before <= 0.4
+    assert core_groups(model) and len(core_groups(model)) == 18
+
+
+def test_a_checkpoint_of_an_unfinished_run_is_refused(tmp_path):
+    from tensam.training import State, save_checkpoint
+
+    dense = ResNet(20, "dense")
+    opt = torch.optim.SGD(dense.parameters(), lr=0.1)
+    save_checkpoint(tmp_path / "checkpoint.pt", dense, opt, State(step=351))
+    with pytest.raises(ValueError, match="has not finished"):
+        tc.compressed_resnet(tmp_path / "checkpoint.pt")
+    (tmp_path / "summary.json").write_text('{"status": "finished", "steps": 351}')
+    model = tc.compressed_resnet(tmp_path / "checkpoint.pt")
+    assert torch.equal(model.fc.weight, dense.fc.weight)
+    with pytest.raises(ValueError, match="does not exist"):
+        tc.compressed_resnet(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="is not a dense ResNet-32"):
+        tc.compressed_resnet(tmp_path / "checkpoint.pt", depth=32)
+    with pytest.raises(ValueError, match="model.ratio"):
+        tc.compressed_resnet(tmp_path / "checkpoint.pt", ratio=1.5)

@@ -24,6 +24,7 @@ its unfolding can hold: layer3.0.conv1 has r2 = 150 > Cin = 128 (see :func:`tt_s
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -197,6 +198,74 @@ def tt_resnet18(pretrained: bool | str = False, num_classes: int = 1000,
     if num_classes != model.fc.out_features:
         model.fc = nn.Linear(model.fc.in_features, num_classes)
     model.compression_report = compress(model, TT_RESNET18_RANKS)
+    for r in model.compression_report:
+        log.info("%s: TT-ranks %s, %d -> %d parameters, relative error %.4f", r.name, r.ranks,
+                 r.params_before, r.params_after, r.rel_error)
+    return model
+
+
+def tt_rank_for_ratio(conv: nn.Conv2d, ratio: float) -> int:
+    """The largest TT-rank r = r1 = r2 whose cores (Cout, r), (r, K^2, r), (r, Cin) hold at most
+    ``ratio`` of the conv's Cout Cin K^2 weights (at least 1)."""
+    cout, cin, kh, kw = conv.weight.shape
+    budget = ratio * cout * cin * kh * kw
+    r = 1
+    while (r + 1) * (cout + kh * kw * (r + 1) + cin) <= budget:
+        r += 1
+    return r
+
+
+def trained_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model weights in ``path``: a tensam ``checkpoint.pt`` (its ``model`` entry) or a plain
+    ``state_dict``. A tensam checkpoint must be the final one of a finished run: the
+    ``summary.json`` beside it says ``finished`` at the checkpoint's step, else ValueError."""
+    from tensam.training import read_checkpoint
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"model.checkpoint={str(path)!r} does not exist (train the dense "
+                         "network first, e.g. `make reproduce-table3-cpu` trains it)")
+    ckpt = read_checkpoint(path)
+    if "model" not in ckpt:
+        return ckpt
+    summary = path.with_name("summary.json")
+    status = json.loads(summary.read_text()) if summary.is_file() else {}
+    if status.get("status") != "finished" or status.get("steps") != ckpt["step"]:
+        raise ValueError(f"model.checkpoint={str(path)!r} is at step {ckpt['step']} of a run "
+                         f"that has not finished ({summary.name}: status "
+                         f"{status.get('status')!r}, steps {status.get('steps')}); finish "
+                         "that run first")
+    return ckpt["model"]
+
+
+def compressed_resnet(checkpoint: str | Path, ratio: float = 0.4, depth: int = 20,
+                      input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10,
+                      decay_biases_and_norms: bool = True) -> nn.Module:
+    """Table 3's pipeline on a CIFAR ResNet: the dense ResNet of ``depth`` with the trained
+    weights of ``checkpoint`` (:func:`trained_state_dict`), whose 3x3 convolutions of the three
+    stages are compressed by TT-SVD into TTConv2d, each with the largest TT-rank
+    (:func:`tt_rank_for_ratio`) that keeps at most ``ratio`` of its weights; the first conv,
+    BatchNorm (with its running statistics) and fc stay dense, as the stem and fc of TT-ResNet-18
+    do (the paper: 4.4M / 11.2M = 0.40 of the weights). The per-layer reports are logged and kept
+    in ``model.compression_report``.
+    """
+    from tensam.models.resnet import ResNet
+
+    if not 0 < ratio < 1:
+        raise ValueError(f"model.ratio={ratio} must be in (0, 1): the fraction of each conv's "
+                         "weights its TT cores may hold")
+    model = ResNet(depth, "dense", input_shape=input_shape, num_classes=num_classes,
+                   decay_biases_and_norms=decay_biases_and_norms)
+    try:
+        model.load_state_dict(trained_state_dict(checkpoint))
+    except RuntimeError as err:  # the checkpoint holds another architecture
+        raise ValueError(f"model.checkpoint={str(checkpoint)!r} is not a dense ResNet-{depth} "
+                         f"with {num_classes} classes: {str(err).splitlines()[0]}") from None
+    convs = {n: m for n, m in model.named_modules()
+             if n.startswith("blocks.") and isinstance(m, nn.Conv2d)}
+    model.compression_report = compress(model, {n: tt_rank_for_ratio(m, ratio)
+                                                for n, m in convs.items()})
+    model.conv = "tt"
     for r in model.compression_report:
         log.info("%s: TT-ranks %s, %d -> %d parameters, relative error %.4f", r.name, r.ranks,
                  r.params_before, r.params_after, r.rel_error)

@@ -13,6 +13,7 @@ writes a summary marked ``diverged`` and exits 3 (in a sweep: the job fails, the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import sys
@@ -183,6 +184,7 @@ def run(cfg: DictConfig, run_dir: Path, progress: bool = False) -> dict:
     baselines = task.baselines() if container["baselines"] and rank == 0 else {}
     summary.update({"primary_metric": task.primary_metric, "objective": key, "data": task.info(),
                     "baselines": baselines, "baselines_seconds": time.perf_counter() - started,
+                    "model_info": model_info(distributed.unwrap(model)),
                     "fingerprint": where.fingerprint, "settings": settings,
                     "config": container, "world_size": world})
     if logger is not None:
@@ -190,6 +192,16 @@ def run(cfg: DictConfig, run_dir: Path, progress: bool = False) -> dict:
     if summary["status"] == "diverged":
         raise DivergenceError(summary["diverged_at_step"], summary["train/loss"])
     return summary
+
+
+def model_info(model: torch.nn.Module) -> dict:
+    """Parameter counts, and the per-layer reports of a compressed model
+    (:func:`tensam.compress.compress`), for the run's summary."""
+    info = {"parameters": sum(p.numel() for p in model.parameters()),
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    if hasattr(model, "compression_report"):
+        info["compression"] = [dataclasses.asdict(r) for r in model.compression_report]
+    return info
 
 
 def _progress_wanted(cfg: DictConfig, multirun: bool) -> bool:

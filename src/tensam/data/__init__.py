@@ -2,6 +2,7 @@
 (train, evaluation) with ``num_classes`` and ``input_shape``."""
 
 from tensam.data.cifar import CIFAR10
+from tensam.data.imagefolder import ImageFolder
 from tensam.data.synthetic import GaussianBlobs
 
-__all__ = ["CIFAR10", "GaussianBlobs"]
+__all__ = ["CIFAR10", "GaussianBlobs", "ImageFolder"]

@@ -24,7 +24,7 @@ class Classification(Task):
     """Cross-entropy on ``data.train`` (``data`` a :mod:`tensam.data` set); accuracy and mean
     loss on ``data.eval``."""
 
-    metrics = {"accuracy": True, "loss": False}
+    metrics = {"accuracy": True, "top5": True, "loss": False}
     primary_metric = "accuracy"
 
     def __init__(self, data, batch_size: int = 128, eval_batch_size: int = 512,
@@ -88,10 +88,17 @@ class Classification(Task):
             yield self._to_device(batch)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        correct, total, loss = 0, 0, 0.0
+        """Top-1 (``accuracy``) and top-5 (``top5``; top-C below 5 classes) accuracy and the
+        mean cross-entropy over the evaluation set."""
+        correct, top5, total, loss = 0, 0, 0, 0.0
         for x, y in self.eval_batches():
             logits = model(x)
             loss += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
+            best = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            correct += int((best[:, 0] == y).sum())
+            top5 += int((best == y[:, None]).any(1).sum())
             total += len(y)
-        return {"accuracy": correct / total, "loss": loss / total}
+        return {"accuracy": correct / total, "top5": top5 / total, "loss": loss / total}
+
+    def info(self) -> dict:
+        return self.data.info() if hasattr(self.data, "info") else {}

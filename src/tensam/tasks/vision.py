@@ -90,8 +90,6 @@ class ImageClassification(Classification):
                         self.eval_y.split(self.eval_batch_size), strict=True):
             yield normalize(x, self.mean, self.std), y
 
-    def info(self) -> dict:
-        return self.data.info()
 
 
 def pipeline_throughput(task: ImageClassification, steps: int = 50, warmup: int = 5) -> float:

@@ -1,0 +1,127 @@
+"""Table 4's comparison (tensor adapters with Adam, SAM and DAS on few-shot GLUE) from run
+directories, the paper's RoBERTa-large numbers beside ours.
+
+    python scripts/make_table4.py --root runs/table4_cpu --out results/table4_cpu.md
+                                                          # make reproduce-table4-cpu (MiniLM)
+
+Every finished ``summary.json`` under ``--root`` is one run; runs are grouped by (adapter kind,
+method) and GLUE task, and reported as mean ± sample std over data seeds of the test accuracy
+(the GLUE dev set, at most 1,000 examples), with the validation accuracy, the trainable
+parameters and the wall time per step. Nothing is read but the summaries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+from collections import defaultdict
+from pathlib import Path
+from types import SimpleNamespace
+
+from _common import fmt_mean_std, load_summaries, markdown_table, mean_std, method_of, write_report
+
+from tensam.tasks import build_model
+
+#: the paper's Table 4 (RoBERTa-large, k = 512, 5 data seeds): row -> task -> (mean, std) (%)
+PAPER = {"full fine-tuning": {"sst2": (94.01, 0.46), "rte": (83.16, 1.67)},
+         "LoRA (r 8)": {"sst2": (90.53, 1.10), "rte": (77.55, 4.32)},
+         "FLoRA ADAM": {"sst2": (93.99, 0.26), "rte": (83.61, 1.30)},
+         "FLoRA SAM": {"sst2": (93.76, 0.48), "rte": (83.68, 1.62)},
+         "FLoRA DAS": {"sst2": (93.94, 0.56), "rte": (83.97, 0.87)}}
+ADAPTERS = {"none": "full fine-tuning", "lora": "LoRA", "flora": "FLoRA",
+            "loretta_rep": "LoRETTA_rep", "loretta_tt": "LoRETTA_tt"}
+ORDER = ("full fine-tuning", "LoRA", "FLoRA", "LoRETTA_rep", "LoRETTA_tt")
+METHODS = ("ADAM", "ADAMW", "SAM", "DAS")
+
+
+def row_name(config: dict) -> str:
+    """'full fine-tuning', 'LoRA (r 8)' (Adam) or '<adapter> <method>'."""
+    adapter = config["model"]["adapter"]
+    name = ADAPTERS.get(adapter["kind"], adapter["kind"])
+    method = method_of(config)
+    if adapter["kind"] == "none":
+        return name if method in ("ADAM", "ADAMW") else f"{name} {method}"
+    if adapter["kind"] == "lora" and method in ("ADAM", "ADAMW"):
+        return f"{name} (r {adapter['r']})"
+    return f"{name} {method}"
+
+
+@functools.cache
+def _trainable(model_json: str, num_labels: int) -> int:
+    """Trainable parameters of a run's model, rebuilt from its config (older summaries lack
+    ``model_info``)."""
+    model = build_model(json.loads(model_json), SimpleNamespace(
+        model_inputs=lambda: {"num_labels": num_labels}))
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def trainable(summary: dict) -> int:
+    if "model_info" in summary:
+        return summary["model_info"]["trainable"]
+    cfg = summary["config"]
+    return _trainable(json.dumps(cfg["model"], sort_keys=True),
+                      len(summary["data"]["train_labels"]))
+
+
+def _order(name: str) -> tuple:
+    head, _, method = name.partition(" ")
+    kind = next((i for i, a in enumerate(ORDER) if name.startswith(a)), 9)
+    return kind, METHODS.index(method) if method in METHODS else -1, head
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=Path("results/table4.md"))
+    args = parser.parse_args()
+    summaries = load_summaries(args.root)
+    groups = defaultdict(lambda: defaultdict(list))
+    for s in summaries.values():
+        if s.get("status") == "finished":
+            groups[row_name(s["config"])][s["config"]["task"]["name"]].append(s)
+    if not groups:
+        raise SystemExit(f"no finished runs under {args.root}")
+    tasks = sorted({t for g in groups.values() for t in g}, key=lambda t: (t != "sst2", t))
+    header = ["", "trainable params"]
+    for t in tasks:
+        header += [f"ours: {t} test acc. (%)", f"ours: {t} val acc.", f"paper: {t}",
+                   f"ours: {t} s/step", f"{t} seeds"]
+    body = []
+    for name in sorted(groups, key=_order):
+        first = next(iter(groups[name].values()))[0]
+        row = [name, f"{trainable(first):,}"]
+        for t in tasks:
+            runs = groups[name].get(t, [])
+            if not runs:
+                row += ["-"] * 5
+                continue
+            test = mean_std([100 * r["accuracy"] for r in runs])
+            val = mean_std([100 * r["val_accuracy"] for r in runs])
+            paper = PAPER.get(name, {}).get(t)
+            row += [fmt_mean_std(*test, digits=2), fmt_mean_std(*val, digits=2),
+                    fmt_mean_std(*paper, digits=2) if paper else "-",
+                    f"{mean_std([r['seconds_per_step'] for r in runs])[0]:.3f}",
+                    ", ".join(str(r["config"]["task"]["data_seed"]) for r in runs)]
+        body.append(row)
+    cfg = next(iter(summaries.values()))["config"]
+    text = [f"# Table 4's comparison at CPU scale: {cfg['model'].get('pretrained')} on few-shot "
+            "GLUE", "",
+            f"Generated by `python scripts/make_table4.py --root {args.root}` on "
+            f"{datetime.date.today()} from {len(summaries)} run summaries. Ours: mean ± sample "
+            f"std over data seeds of the accuracy on the GLUE dev set (test); k = "
+            f"{cfg['task']['k']} examples per class for training and k for validation, "
+            f"{cfg['steps']} steps of batch {cfg['task']['batch_size']}, max length "
+            f"{cfg['task']['max_length']}; one setting per method (no search): {cfg['presets']}, "
+            "full fine-tuning at lr 5e-5. The paper's column is RoBERTa-large (355M, a masked "
+            "LM with prompts) from its Table 4: a different, much larger model, shown for the "
+            "order of the methods, not for the level.", "",
+            markdown_table(header, body)]
+    write_report(args.out, text, summaries,
+                 "under whatever else ran (two runs at a time, one thread each): compare "
+                 "methods' costs with `make bench-peft`, which times them side by side.")
+
+
+if __name__ == "__main__":
+    main()
