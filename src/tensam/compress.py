@@ -161,7 +161,7 @@ def tensorize(layer: nn.Module, ranks: int | Sequence[int],
 
 def compress(model: nn.Module, ranks: Mapping[str, int | Sequence[int]]) -> list[LayerReport]:
     """Replace, in place, each layer named in ``ranks`` (``named_modules`` names) by its TT-SVD
-    (:func:`tensorize`) and return the per-layer reports; names that are not Conv2d/Linear
+    (:func:`tensorize`); log and return the per-layer reports. Names that are not Conv2d/Linear
     modules of ``model`` raise a ValueError naming them, before anything is replaced."""
     modules = dict(model.named_modules())
     unknown = [n for n in ranks if not isinstance(modules.get(n), (nn.Conv2d, nn.Linear))]
@@ -172,6 +172,8 @@ def compress(model: nn.Module, ranks: Mapping[str, int | Sequence[int]]) -> list
         new, report = tensorize(modules[name], rank, name)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, new)
+        log.info("%s: TT-ranks %s, %d -> %d parameters, relative error %.4f", name,
+                 report.ranks, report.params_before, report.params_after, report.rel_error)
         reports.append(report)
     return reports
 
@@ -198,9 +200,6 @@ def tt_resnet18(pretrained: bool | str = False, num_classes: int = 1000,
     if num_classes != model.fc.out_features:
         model.fc = nn.Linear(model.fc.in_features, num_classes)
     model.compression_report = compress(model, TT_RESNET18_RANKS)
-    for r in model.compression_report:
-        log.info("%s: TT-ranks %s, %d -> %d parameters, relative error %.4f", r.name, r.ranks,
-                 r.params_before, r.params_after, r.rel_error)
     return model
 
 
@@ -266,7 +265,4 @@ def compressed_resnet(checkpoint: str | Path, ratio: float = 0.4, depth: int = 2
     model.compression_report = compress(model, {n: tt_rank_for_ratio(m, ratio)
                                                 for n, m in convs.items()})
     model.conv = "tt"
-    for r in model.compression_report:
-        log.info("%s: TT-ranks %s, %d -> %d parameters, relative error %.4f", r.name, r.ranks,
-                 r.params_before, r.params_after, r.rel_error)
     return model

@@ -91,7 +91,6 @@ class ImageClassification(Classification):
             yield normalize(x, self.mean, self.std), y
 
 
-
 def pipeline_throughput(task: ImageClassification, steps: int = 50, warmup: int = 5) -> float:
     """Images per second that ``task.batches()`` delivers (indexing, normalisation and
     augmentation on the task's device), after ``warmup`` batches."""
