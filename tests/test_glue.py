@@ -2,6 +2,7 @@
 as test (capped), tokenized batches with exact resume, and a short FLoRA run end to end."""
 
 import os
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 
@@ -9,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 pytest.importorskip("transformers")
 
-from tensam.tasks import GlueFewShot  # noqa: E402
-from tensam.tasks.glue import few_shot_indices, read_glue  # noqa: E402
+from tensam.tasks import GlueFewShot, build_task  # noqa: E402
+from tensam.tasks.glue import GLUE, few_shot_indices, read_glue  # noqa: E402
 from tensam.train import CONFIG_DIR, run  # noqa: E402
 
 #: the development copy of GLUE's SST-2 and RTE TSVs (tests that read it skip without it)
@@ -112,3 +114,252 @@ def test_flora_on_minilm_trains_end_to_end(tmp_path):
     q = [k for k in summary if k.startswith("norm/network.") and k.endswith("/Q")]
     assert len(q) == 12  # one core group per adapted query/value of the 6 layers
     assert summary["primary_metric"] == "val_accuracy"
+
+
+# --- SST-5, MNLI, SNLI, TREC and the masked-LM prompt path (LM-BFF / MeZO) ---------------------
+
+MINILM = "minilm"  # the BERT uncased WordPiece tokenizer of all-MiniLM-L6-v2 (packaged)
+TINY_BERT = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 32,
+             "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+def _tsv(path: Path, name: str, header: list[str], rows: list[list]) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / name).write_text("\n".join("\t".join(map(str, r)) for r in [header, *rows]) + "\n")
+
+
+def _csv(path: Path, name: str, rows: list[list]) -> None:
+    import csv
+
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / name, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
+def _sst2(root: Path, n: int = 40) -> None:
+    rows = [[f"a {'fine' if i % 2 else 'dull'} film number {i} .", i % 2] for i in range(n)]
+    _write(root / "SST-2", ["sentence", "label"], rows)
+
+
+def _task(name: str, root: Path, **kw) -> GlueFewShot:
+    return GlueFewShot(name, k=kw.pop("k", 4), data_dir=str(root), tokenizer=MINILM,
+                       batch_size=4, **kw)
+
+
+#: per task: how to write its local files, and (text, label id) of the first test row
+def _files(name: str, root: Path) -> tuple[str, int]:
+    if name in ("sst5", "trec"):  # LM-BFF's label,sentence CSVs; a comma inside quotes
+        n = 5 if name == "sst5" else 6
+        rows = [[i % n, f"question {i}, or sentence {i} ?"] for i in range(12 * n)]
+        folder = root / GLUE[name].folder
+        _csv(folder, "train.csv", rows)
+        _csv(folder, "test.csv", rows[3:])
+        return "question 3, or sentence 3 ?", 3
+    # MNLI / SNLI: GLUE's TSVs, extra columns, label names in gold_label, SNLI's "-" dropped
+    labels = ["entailment", "neutral", "contradiction"]
+    rows = [[i, "x", f"Premise {i}.", f"Hypothesis {i}.", labels[i % 3], labels[i % 3]]
+            for i in range(36)]
+    header = ["index", "genre", "sentence1", "sentence2", "label1", "gold_label"]
+    folder = root / GLUE[name].folder
+    _tsv(folder, "train.tsv", header, rows)
+    _tsv(folder, GLUE[name].files[1], header, [[99, "x", "No gold.", "None.", "-", "-"], *rows])
+    return "Premise 0.", 0
+
+
+@pytest.mark.parametrize("name", ["sst5", "mnli", "snli", "trec"])
+def test_new_tasks_read_their_local_files_and_sample_balanced(tmp_path, name):
+    first, label = _files(name, tmp_path)
+    texts, labels = read_glue(name, "test", str(tmp_path))
+    assert texts[0][0] == first and labels[0] == label
+    assert len(texts) == len(GLUE[name].text) == (2 if name in ("mnli", "snli") else 1)
+    n = len(GLUE[name].labels)
+    assert labels.max() == n - 1 and -1 not in labels
+    task = _task(name, tmp_path, k=4)
+    info = task.info()
+    assert info["train_labels"] == [4] * n and (info["n_train"], info["n_val"]) == (4 * n, 4 * n)
+    assert info["n_test"] == len(labels) and task.model_inputs() == {"num_labels": n}
+    (tmp_path / GLUE[name].folder / GLUE[name].files[1]).unlink()
+    with pytest.raises(ValueError, match=rf"task.data_dir=.* has no {GLUE[name].folder}/"
+                                         rf"{GLUE[name].files[1]}"):
+        _task(name, tmp_path)
+
+
+def test_short_classes_give_what_they_have_as_lm_bff_does(tmp_path):
+    """TREC at k = 512 has 86 ABBR questions: LM-BFF trains on them all and validates on none;
+    the training set's size (and the epochs) follow."""
+    rows = [[c, f"q {c} {i}"] for c in range(6) for i in range(3 if c == 2 else 20)]
+    _csv(tmp_path / "trec", "train.csv", rows)
+    _csv(tmp_path / "trec", "test.csv", rows)
+    task = _task("trec", tmp_path, k=8)
+    assert len(task.data.train) == 48 and task.steps_per_epoch == 12  # before the data
+    epoch = sum(islice(task.batch_indices(0), 10), [])  # 10 batches of 4: one epoch
+    assert task.steps_per_epoch == 10 and len(task.data.train) == 43
+    assert len(set(epoch)) == 40 and set(epoch) <= set(range(43))
+    info = task.info()
+    assert info["train_labels"] == [8, 8, 3, 8, 8, 8] and info["n_val"] == 40
+    labels = np.repeat(np.arange(3), [2, 50, 50])
+    train, val = few_shot_indices(labels, 8, 13, 3, cap=True)
+    assert np.bincount(labels[train]).tolist() == [2, 8, 8]
+    assert np.bincount(labels[val], minlength=3).tolist() == [0, 8, 8]
+    with pytest.raises(ValueError, match="fewer than one"):
+        few_shot_indices(labels, 8, 13, 4, cap=True)
+
+
+@pytest.mark.parametrize("name", ["trec", "snli"])
+def test_hub_labels_map_to_ours_by_name(monkeypatch, name):
+    """Without a data_dir the hub's ids are mapped through its ClassLabel names (TREC's coarse
+    labels are ABBR, ENTY, DESC, ... on the hub, DESC, ENTY, ABBR, ... in LM-BFF) and SNLI's
+    examples without a gold label (-1) are dropped."""
+    datasets = pytest.importorskip("datasets")
+    spec = GLUE[name]
+    hub_names = (["ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"] if name == "trec"
+                 else ["entailment", "neutral", "contradiction"])
+    ids = [0, 2, 1, -1] if name == "snli" else [0, 2, 1]
+    columns = {c: [f"{c} {i}" for i in range(len(ids))] for c in spec.hub_text}
+    features = datasets.Features({**{c: datasets.Value("string") for c in columns},
+                                  spec.hub_label: datasets.ClassLabel(names=hub_names)})
+    calls = []
+
+    def load_dataset(*args, split):
+        calls.append((args, split))
+        return datasets.Dataset.from_dict({**columns, spec.hub_label: ids}, features=features)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    texts, labels = read_glue(name, "test", None)
+    assert calls == [(spec.hub, spec.hub_test)]
+    assert [spec.labels[i] for i in labels] == [hub_names[i] for i in ids if i >= 0]
+    assert texts[0] == [f"{spec.hub_text[0]} {i}" for i in range(3)]
+
+
+@pytest.mark.parametrize("name", sorted(GLUE))
+def test_label_words_are_single_tokens_in_label_order(tmp_path, name):
+    task = GlueFewShot(name, tokenizer=MINILM, prompt=True)
+    tokens = task.hf_tokenizer.convert_ids_to_tokens(task.word_ids)
+    assert tokens == [w.lower() for w in GLUE[name].words]  # WordPiece, lower-cased
+    assert len(tokens) == len(GLUE[name].labels)
+
+
+def test_a_label_word_of_several_tokens_fails_naming_it_and_the_task(monkeypatch):
+    monkeypatch.setitem(GLUE, "sst2", replace(GLUE["sst2"], words=("terrible", "greatishly")))
+    task = GlueFewShot("sst2", tokenizer=MINILM, prompt=True)
+    with pytest.raises(ValueError, match="label word 'greatishly' of task sst2"):
+        task.word_ids  # noqa: B018
+
+
+def _bpe_tokenizer(tmp_path):
+    """A RoBERTa-style byte-level BPE tokenizer trained here (no RoBERTa files offline)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from transformers import RobertaTokenizerFast
+
+    bpe = tokenizers.ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["It was great. It was terrible. A fine film ? , :"] * 20,
+                            vocab_size=300, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save_model(str(tmp_path))
+    return RobertaTokenizerFast(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+
+
+def test_bpe_label_words_take_a_leading_space(tmp_path):
+    task = GlueFewShot("sst2", prompt=True)
+    task.hf_tokenizer = _bpe_tokenizer(tmp_path)
+    assert task.hf_tokenizer.convert_ids_to_tokens(task.word_ids) == ["Ġterrible", "Ġgreat"]
+    batch = task.encode([["A fine film."]])
+    tokens = task.hf_tokenizer.convert_ids_to_tokens(batch["input_ids"][0])
+    assert tokens[-5:] == ["ĠIt", "Ġwas", "<mask>", ".", "</s>"]  # " It was great."
+
+
+@pytest.mark.parametrize("name", sorted(GLUE))
+def test_every_example_has_one_mask_and_a_long_sentence_keeps_it(name):
+    task = GlueFewShot(name, tokenizer=MINILM, prompt=True, max_length=24)
+    tok = task.hf_tokenizer
+    pair = len(GLUE[name].text) == 2
+    columns = [["A short one.", "word " * 300, "It says [MASK] twice [MASK]."]]
+    if pair:
+        columns.append(["Another one.", "other " * 200, "Short."])
+    ids = task.encode(columns)["input_ids"]
+    assert ((ids == tok.mask_token_id).sum(1) == 1).all()
+    assert ids.shape == (3, 24)  # the long sentence cut to max_length, the template kept
+    long = tok.convert_ids_to_tokens(ids[1])
+    assert long[0] == "[CLS]" and long[-1] == "[SEP]"
+    if name in ("sst2", "sst5"):  # <sentence> It was [MASK] .
+        assert long[-5:-1] == ["it", "was", "[MASK]", "."]
+    elif name == "trec":  # [MASK] : <sentence>
+        assert long[:3] == ["[CLS]", "[MASK]", ":"]
+    else:  # <sentence1> ? [MASK] , <sentence2>: both sentences cut, the longer one first
+        at = long.index("[MASK]")
+        assert long[at - 1:at + 2] == ["?", "[MASK]", ","]
+        assert long[1:at - 1] == ["word"] * (at - 2) and set(long[at + 2:-1]) == {"other"}
+        assert abs((at - 2) - (len(long) - at - 3)) <= 1
+    short = tok.convert_ids_to_tokens(ids[0][ids[0] != tok.pad_token_id])
+    if name in ("rte", "mnli", "snli"):  # LM-BFF's sent-_0 and +sentl_1
+        assert short == ["[CLS]", "a", "short", "one", "?", "[MASK]", ",", "another", "one",
+                         ".", "[SEP]"]
+
+
+def _tiny_mlm():
+    from tensam.models import HFModel
+
+    torch.manual_seed(0)
+    return HFModel(config=TINY_BERT, head="masked_lm",
+                   adapter={"kind": "flora", "r": 4, "alpha": 8,
+                            "target_modules": ["query", "value"]})
+
+
+def test_prompt_logits_are_the_mlm_logits_at_the_mask_over_the_label_words(tmp_path):
+    _sst2(tmp_path)
+    task = _task("sst2", tmp_path, prompt=True, max_length=32)
+    model = _tiny_mlm().eval()
+    batch = next(task.split_batches("val"))
+    with torch.no_grad():
+        logits = task.logits(model, batch)
+        full = model.network(input_ids=batch["input_ids"],
+                             attention_mask=batch["attention_mask"]).logits
+    tok = task.hf_tokenizer
+    words = tok.convert_tokens_to_ids(["terrible", "great"])
+    rows, cols = (batch["input_ids"] == tok.mask_token_id).nonzero(as_tuple=True)
+    assert rows.tolist() == list(range(len(batch["labels"])))
+    want = full[rows, cols][:, words]
+    assert logits.shape == (8, 2) and torch.allclose(logits, want)
+    loss = torch.nn.functional.cross_entropy(want, batch["labels"])
+    with torch.no_grad():
+        assert torch.allclose(task.loss(model, batch), loss)
+    with torch.no_grad():
+        metrics = task.evaluate(model)
+    assert set(metrics) == {"accuracy", "loss", "val_accuracy", "val_loss"}
+    assert task.info()["label_words"] == ["terrible", "great"]
+
+
+def test_prompt_run_of_a_tiny_bert_mlm_with_flora_end_to_end(tmp_path):
+    _sst2(tmp_path / "glue")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "experiment=glue_minilm", "model=bert_tiny_mlm", "task.prompt=true",
+            f"task.tokenizer={MINILM}", "optimizer=das", "steps=4", "log_every=2",
+            "eval_every=2", "task.k=8", "task.max_test=24", "task.batch_size=4",
+            "logger=disabled", "threads=1", f"task.data_dir={tmp_path / 'glue'}"])
+    summary = run(cfg, tmp_path / "run")
+    assert summary["status"] == "finished" and summary["steps"] == 4
+    assert 0 <= summary["accuracy"] <= 1 and 0 <= summary["val_accuracy"] <= 1
+    assert summary["data"]["prompt"] is True and summary["data"]["n_test"] == 24
+    q = [k for k in summary if k.startswith("norm/network.") and k.endswith("/Q")]
+    assert len(q) == 4  # FLoRA on query/value of the 2 layers, the MLM head frozen
+
+
+TASK_CONFIGS = sorted(p.stem for p in (Path(CONFIG_DIR) / "task").glob("glue_*.yaml"))
+
+
+@pytest.mark.parametrize("config", TASK_CONFIGS)
+def test_every_glue_task_config_composes_and_builds(config, monkeypatch):
+    monkeypatch.delenv("TENSAM_GLUE", raising=False)
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        for model, prompt in (("minilm", "false"), ("roberta_large_prompt", "true")):
+            cfg = compose("train", overrides=[f"task={config}", f"model={model}",
+                                              f"task.prompt={prompt}"])
+            task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
+            task = build_task(task_cfg)
+            assert task.name == config.removeprefix("glue_") and task.k == 512
+            assert task.prompt is (prompt == "true") and task.data_dir is None
+            assert task.tokenizer == OmegaConf.to_container(cfg.model)["pretrained"]
+    assert {"glue_sst2", "glue_sst5", "glue_rte", "glue_mnli", "glue_snli",
+            "glue_trec"} <= set(TASK_CONFIGS)
+    assert OmegaConf.load(Path(CONFIG_DIR) / "task" / f"{config}.yaml").prompt is False
