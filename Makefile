@@ -10,7 +10,8 @@ export WANDB_MODE ?= offline
 .PHONY: venv setup test lint reproduce-table1 reproduce-fig1 reproduce-fig2 theory \
 	reproduce-optimizers reproduce-all bench clean reproduce-noise-cpu reproduce-normdyn-cpu \
 	reproduce-table2 reproduce-fig3 bench-vision gpu-check \
-	reproduce-table4-cpu reproduce-table3-cpu reproduce-table3 bench-peft
+	reproduce-table4-cpu reproduce-table3-cpu reproduce-table3 bench-peft \
+	reproduce-table5-cpu reproduce-table4 reproduce-table5 reproduce-table5-ft reproduce-table6
 
 venv: $(STAMP)
 
@@ -193,6 +194,59 @@ reproduce-table4-cpu: setup
 	$(GLUE_CPU) model.adapter.kind=lora
 	$(GLUE_CPU) model=minilm_full optimizer.base.lr=5e-5
 	$(PY) scripts/make_table4.py --root runs/table4_cpu --out results/table4_cpu.md
+
+# Table 5's causal-LM path at CPU scale: a 2-layer random OPT with LoRETTA_rep on the SuperGLUE
+# files at hand ($$TENSAM_SUPERGLUE), AdamW / SAM / DAS and zero-shot; it tests code, not accuracy
+# (random weights). Runs: runs/table5_cpu/<task>/<optimizer> and runs/table5_cpu/zero_shot/<task>.
+SUPERGLUE_TASKS ?= superglue_cb,superglue_boolq,superglue_wsc,superglue_copa,superglue_rte
+reproduce-table5-cpu: setup
+	$(MULTIRUN) experiment=table5_cpu task=$(SUPERGLUE_TASKS) optimizer=none,sam,das \
+		hydra.sweep.dir=runs/table5_cpu \
+		'hydra.sweep.subdir=$${task.name}/$${hydra:runtime.choices.optimizer}'
+	$(MULTIRUN) experiment=table5_cpu task=$(SUPERGLUE_TASKS) steps=0 \
+		hydra.sweep.dir=runs/table5_cpu/zero_shot 'hydra.sweep.subdir=$${task.name}'
+	$(PY) scripts/make_table5.py --root runs/table5_cpu --out results/table5_cpu.md \
+		--title "Table 5's code path at CPU scale: a random 2-layer OPT with LoRETTA_rep"
+
+# Paper scale, Tables 4-6 (GPUs and hub downloads: RoBERTa-large, OPT-6.7B, the datasets). Each
+# grid point is one run directory named by its overrides; a finished run is skipped on a rerun.
+# Table 4: 6 tasks x 5 data seeds x (zero-shot, FLoRA Adam 3 lr, SAM 3 lr x 3 rho, DAS 3 lr x
+# 3 alpha, LoRA r 8 3 lr, full fine-tuning 3 lr) = 900 runs.
+GRID_DIR = 'hydra.sweep.subdir=$${hydra.job.override_dirname}'
+T4_TASKS ?= glue_sst2,glue_sst5,glue_snli,glue_mnli,glue_rte,glue_trec
+T4 = $(MULTIRUN) experiment=table4 task=$(T4_TASKS) task.data_seed=13,21,42,87,100 \
+	hydra.sweep.dir=runs/table4 $(GRID_DIR)
+LR_ADAPTER = optimizer.base.lr=1e-4,3e-4,5e-4
+reproduce-table4: setup
+	$(T4) model=roberta_large_prompt_full steps=0
+	$(T4) $(LR_ADAPTER)
+	$(T4) optimizer=sam $(LR_ADAPTER) optimizer.rho=0.001,0.01,0.1
+	$(T4) optimizer=das $(LR_ADAPTER) optimizer.alpha=0.1,0.5,0.7
+	$(T4) model.adapter.kind=lora $(LR_ADAPTER)
+	$(T4) model=roberta_large_prompt_full optimizer.base.lr=1e-5,3e-5,5e-5
+	$(PY) scripts/make_table4.py --root runs/table4 --out results/table4.md
+
+# Table 5: 7 tasks x (zero-shot, LoRETTA AdamW 3 lr, SAM 3 lr x 3 rho, DAS 3 lr x 3 alpha,
+# LoRA r 16 3 lr); reproduce-table5-ft adds full fine-tuning (about 110 GB per process).
+T5_TASKS ?= superglue_cb,superglue_boolq,superglue_wsc,superglue_copa,superglue_record,squad,drop
+T5 = $(MULTIRUN) experiment=table5 task=$(T5_TASKS) hydra.sweep.dir=runs/table5 $(GRID_DIR)
+reproduce-table5: setup
+	$(T5) model=opt_6.7b_full steps=0 epochs=null
+	$(T5) $(LR_ADAPTER)
+	$(T5) optimizer=sam $(LR_ADAPTER) optimizer.rho=0.05,0.1,0.2
+	$(T5) optimizer=das $(LR_ADAPTER) optimizer.alpha=0.5,1,2
+	$(T5) model.adapter.kind=lora model.adapter.r=16 '~model.adapter.tt_rank' $(LR_ADAPTER)
+	$(PY) scripts/make_table5.py --root runs/table5 --out results/table5.md
+
+reproduce-table5-ft: setup
+	$(T5) model=opt_6.7b_full optimizer.base.lr=1e-5,3e-5,5e-5
+	$(PY) scripts/make_table5.py --root runs/table5 --out results/table5.md
+
+# Table 6: per-step time of AdamW, SAM and DAS with LoRETTA on OPT-6.7B (random weights, bf16
+# frozen base) on one GPU, side by side in one process -> results/table6.md.
+reproduce-table6: setup
+	$(PY) scripts/bench_peft.py --model opt_6.7b_random --device cuda --precision bf16 \
+		--out results/table6.md
 
 # Per-step time and optimizer memory of Adam, SAM and DAS on FLoRA and LoRETTA_rep (MiniLM), side
 # by side in one process -> results/bench_peft.md (bench_peft_gpu.md with BENCH_PEFT_ARGS=--device cuda).

@@ -106,6 +106,21 @@ def method_of(config: Mapping) -> str:
     return {"none": opt["base"]["name"].upper()}.get(opt["method"], opt["method"].upper())
 
 
+def best_on_validation(summaries: Iterable[Mapping], group: Callable[[Mapping], Any],
+                       metric: Callable[[Mapping], str]) -> dict[Any, Mapping]:
+    """Per ``group(summary)``, the finished run with the best validation value of
+    ``metric(summary)`` (the paper's protocol: a grid per data seed, the configuration with the
+    best validation score reports its test score); a group of one run is that run."""
+    best: dict[Any, Mapping] = {}
+    for s in summaries:
+        if s.get("status") != "finished":
+            continue
+        key, value = group(s), s.get(metric(s))
+        if value is not None and (key not in best or value > best[key][metric(s)]):
+            best[key] = s
+    return best
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
     values = np.asarray(values, dtype=float)

@@ -111,6 +111,27 @@ def test_adapters_start_at_dw_zero_with_exactly_one_zero_core(make):
         assert layer.modes_a == (8, 6, 8, 4, 2)  # hidden 384 from the table
 
 
+@pytest.mark.parametrize("make", [
+    lambda: FLoRALinear(nn.Linear(384, 384), r=8),
+    lambda: LorettaTT(nn.Linear(384, 384), r=16),
+    lambda: LorettaRep(nn.Linear(384, 384), r=8, tt_rank=16),
+])
+def test_adapters_run_under_bf16_autocast_with_a_bf16_base(make):
+    """Table 5's precision: frozen bf16 base weights, fp32 cores, bf16 autocast. A train of
+    cores mixed the autocast bf16 partial product with the next fp32 core and failed."""
+    layer = _randomized(make())
+    layer.base_layer.to(torch.bfloat16)
+    x = torch.randn(4, 384, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    y.float().square().sum().backward()
+    with torch.no_grad():
+        expected = x.float() @ (layer.base_layer.weight.float() + layer.delta_weight()).T
+    assert torch.allclose(y.float(), expected + layer.base_layer.bias.float(), rtol=0.05,
+                          atol=0.05 * float(expected.abs().max()))
+    assert all(c.grad is not None and c.grad.dtype == torch.float32 for c in layer.cores())
+
+
 def test_tt_cores_are_scaled_to_the_target_variance_of_the_rebuilt_matrix():
     """Cores N(0, s^2), s = (v / r^(d-1))^(1/(2d)), give dW entries of variance v = 1/(O + I)
     (up to the spread of one draw) once the zero core is drawn like the others."""

@@ -49,8 +49,16 @@ STUB_INPUTS = {"tensam.data.CIFAR10": {"input_shape": (3, 32, 32), "num_classes"
                "tensam.data.ImageFolder": {"input_shape": (3, 224, 224), "num_classes": 1000}}
 #: experiments whose model needs what a test machine lacks: the overrides that build it here
 #: (torchvision's ImageNet weights: random ones instead; the trained dense network: a random one)
-OFFLINE = {"table3": ["model.pretrained=false"], "table3_cpu": ["model.checkpoint=${oc.env:"
-                                                                "TEST_DENSE_RESNET20}"]}
+#: (hub language models: the same architecture family, small, random, with MiniLM's tokenizer)
+OFFLINE = {"table3": ["model.pretrained=false"],
+           "table3_cpu": ["model.checkpoint=${oc.env:TEST_DENSE_RESNET20}"],
+           "table4": ["model.pretrained=null", "task.tokenizer=minilm",
+                      "+model.config={model_type: roberta, vocab_size: 30522, hidden_size: 32, "
+                      "num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64}"],
+           "table5": ["model.pretrained=null", "task.tokenizer=minilm",
+                      "+model.config={model_type: opt, vocab_size: 30522, hidden_size: 384, "
+                      "word_embed_proj_dim: 384, num_hidden_layers: 1, num_attention_heads: 6, "
+                      "ffn_dim: 64}"]}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -87,8 +95,9 @@ def test_every_experiment_method_and_base_builds_exactly_that(experiment, method
     assert c["optimizer"]["base"]["name"] == base
     try:
         model, opt = _build(c)
-    except ValueError as err:  # BAR needs K = 2 groups: it must say so, naming K
-        assert method in ("nbar", "obar") and "K = 2" in str(err), err
+    except ValueError as err:  # BAR needs K = 2 groups, nuSAM matrices: they must say so
+        assert ((method in ("nbar", "obar") and "K = 2" in str(err))
+                or (method == "nusam" and "no parameter to perturb" in str(err))), err
         return
     inner = opt if method == "none" else opt.base
     assert type(inner) is TORCH[base]

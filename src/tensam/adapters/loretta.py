@@ -74,10 +74,11 @@ def rep_modes(size: int, r: int) -> tuple[int, ...]:
 
 
 def tt_full(cores: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Contract a train G_1 ... G_d (G_k: r_{k-1} x n_k x r_k) to (r_0, n_1, ..., n_d, r_d)."""
+    """Contract a train G_1 ... G_d (G_k: r_{k-1} x n_k x r_k) to (r_0, n_1, ..., n_d, r_d).
+    Each core takes the dtype of the partial product, which autocast may have lowered to bf16."""
     out = cores[0]
     for core in cores[1:]:
-        out = torch.tensordot(out, core, dims=([-1], [0]))
+        out = torch.tensordot(out, core.to(out.dtype), dims=([-1], [0]))
     return out
 
 

@@ -8,6 +8,7 @@ from hydra.utils import get_class, instantiate
 from torch import nn
 
 from tensam.tasks.base import Task
+from tensam.tasks.causal_lm import CausalLMTask
 from tensam.tasks.classification import Classification
 from tensam.tasks.completion import TuckerCompletion
 from tensam.tasks.denoise import Tucker2Denoise
@@ -55,5 +56,5 @@ def build_model(model_cfg: Mapping, task: Task) -> nn.Module:
     return _instantiate(model_cfg, "model", **inputs)
 
 
-__all__ = ["Classification", "GlueFewShot", "ImageClassification", "Task", "Tucker2Denoise",
-           "TuckerCompletion", "build_model", "build_task", "task_class"]
+__all__ = ["CausalLMTask", "Classification", "GlueFewShot", "ImageClassification", "Task",
+           "Tucker2Denoise", "TuckerCompletion", "build_model", "build_task", "task_class"]

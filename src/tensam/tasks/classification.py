@@ -10,6 +10,7 @@ Batches are moved to the model's device. Evaluation runs over the evaluation set
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import cached_property
 
 import torch
 import torch.distributed as dist
@@ -36,11 +37,17 @@ class Classification(Task):
         self.num_workers, self.data_seed = num_workers, data_seed
         self.rank, self.world = ((dist.get_rank(), dist.get_world_size())
                                  if dist.is_initialized() else (0, 1))
-        self.steps_per_epoch = len(data.train) // (batch_size * self.world)
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"task.batch_size={batch_size} x {self.world} process(es) exceeds "
-                             f"the {len(data.train)} training examples")
         self.device = torch.device("cpu")
+
+    @cached_property
+    def steps_per_epoch(self) -> int:
+        """Whole batches per epoch and rank; computed on first use, so a task whose training
+        set is read lazily (:class:`~tensam.tasks.causal_lm.CausalLMTask`) builds without it."""
+        steps = len(self.data.train) // (self.batch_size * self.world)
+        if steps < 1:
+            raise ValueError(f"task.batch_size={self.batch_size} x {self.world} process(es) "
+                             f"exceeds the {len(self.data.train)} training examples")
+        return steps
 
     def model_inputs(self) -> dict:
         return {"input_shape": tuple(self.data.input_shape), "num_classes": self.data.num_classes}
