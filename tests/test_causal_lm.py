@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 pytest.importorskip("transformers")
 
+from tensam.config import ConfigError  # noqa: E402
 from tensam.models import HFModel  # noqa: E402
 from tensam.tasks import CausalLMTask, build_task  # noqa: E402
 from tensam.tasks.causal_lm import (  # noqa: E402
@@ -243,6 +244,13 @@ def test_generation_and_record_run_end_to_end_on_generated_files(tmp_path, name,
     assert summary["status"] == "finished" and summary["primary_metric"] == (
         "val_accuracy" if name == "record" else "val_f1")
     assert 0 <= summary["f1"] <= 1 and 0 <= summary["em"] <= summary["f1"] + 1e-9
+
+
+def test_a_validation_set_as_large_as_the_data_fails_before_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("TENSAM_SUPERGLUE", str(_write(tmp_path / "data", "copa")))
+    with pytest.raises(ConfigError, match="task.n_val=40 leaves none of the 40"):
+        _run(tmp_path, ["task=superglue_copa", "task.n_val=40"])
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_every_task_config_names_a_known_task():

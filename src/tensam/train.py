@@ -148,6 +148,7 @@ def run(cfg: DictConfig, run_dir: Path, progress: bool = False) -> dict:
     seed_everything(int(container["seed"]))
     try:  # build everything before writing anything: a bad value fails here, in one line
         task = build_task(container["task"]).to(device)
+        task.steps_per_epoch  # noqa: B018 (a lazily read training set is sized, and checked, here)
         model = build_model(container["model"], task).to(device)
         if container.get("sync_batchnorm") and world > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
