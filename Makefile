@@ -246,7 +246,7 @@ reproduce-table5-ft: setup
 # frozen base) on one GPU, side by side in one process -> results/table6.md.
 reproduce-table6: setup
 	$(PY) scripts/bench_peft.py --model opt_6.7b_random --device cuda --precision bf16 \
-		--out results/table6.md
+		--batch 2 --length 256 --out results/table6.md
 
 # Per-step time and optimizer memory of Adam, SAM and DAS on FLoRA and LoRETTA_rep (MiniLM), side
 # by side in one process -> results/bench_peft.md (bench_peft_gpu.md with BENCH_PEFT_ARGS=--device cuda).

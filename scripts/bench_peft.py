@@ -170,7 +170,8 @@ def report(times: dict, memory: dict, args, machine: dict) -> str:
 def main() -> None:
     parser = bench_parser(__doc__, steps=5, threads=2)
     parser.add_argument("--model", default="minilm",
-                        help="minilm, or an OPT model config: opt_tiny, opt_6.7b_random")
+                        choices=("minilm", "opt_tiny", "opt_6.7b_random"),
+                        help="minilm, or the OPT of a model config (random weights)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=48)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")

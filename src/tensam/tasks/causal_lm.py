@@ -298,7 +298,7 @@ class CausalLMTask(Classification):
         return "val_f1" if spec is not None and spec.generate else "val_accuracy"
 
     def model_inputs(self) -> dict:
-        return {}
+        return {}  # the causal LM takes nothing from the data (Classification's would)
 
     # -- data -----------------------------------------------------------------------------
 

@@ -286,7 +286,7 @@ class GlueFewShot(Classification):
                                       cap=True)
         if len(train) != len(self.data.train):  # a class short of k (TREC's ABBR at k = 512)
             self.data = SimpleNamespace(train=range(len(train)))
-            self.steps_per_epoch = max(1, len(train) // (self.batch_size * self.world))
+            self.__dict__.pop("steps_per_epoch", None)  # Classification recomputes it
         test_texts, test_labels = read_glue(self.name, "test", self.data_dir)
         test = np.arange(len(test_labels))
         if len(test) > self.max_test:
