@@ -9,24 +9,25 @@ export WANDB_MODE ?= offline
 
 .PHONY: venv setup test lint reproduce-table1 reproduce-fig1 reproduce-fig2 theory \
 	reproduce-optimizers reproduce-all bench clean reproduce-noise-cpu reproduce-normdyn-cpu \
-	reproduce-table2 reproduce-fig3 bench-vision gpu-check \
+	reproduce-table2 reproduce-fig3 bench-vision gpu-check reproduce-drift-cpu \
 	reproduce-table4-cpu reproduce-table3-cpu reproduce-table3 bench-peft \
 	reproduce-table5-cpu reproduce-table4 reproduce-table5 reproduce-table5-ft reproduce-table6
 
 venv: $(STAMP)
 
-# Reinstall only when pyproject.toml changes (or the venv is missing).
-$(STAMP): pyproject.toml
+# Reinstall only when pyproject.toml or constraints.txt change (or the venv is missing). The
+# ranges of pyproject.toml are installed at the exact versions of constraints.txt (the tested set).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install --upgrade pip
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -c constraints.txt -e ".[dev]"
 	$(PIP) check
 	touch $@
 
 setup: $(NLP_STAMP)
 
 $(NLP_STAMP): $(STAMP)
-	$(PIP) install -e ".[nlp]"
+	$(PIP) install -c constraints.txt -e ".[nlp]"
 	$(PIP) check
 	touch $@
 
@@ -113,6 +114,13 @@ reproduce-normdyn-cpu: venv
 	$(MULTIRUN) experiment=normdyn_cpu optimizer=sam,sgd,das seed=$(SEED) \
 		hydra.sweep.dir=runs/vision_cpu $(VISION_DIR)
 	$(PY) scripts/make_normdyn.py --root runs/vision_cpu/normdyn_cpu --seed $(SEED)
+
+# DAS's normalisation and Theorem 3/5's drift of Q_l on TR-ResNet-20: one-step drifts of SGD,
+# SAM, DAS-global and DAS-layer from the same weights and batch, float64, 3 seeds x 300 steps
+# (resumable; about 25 min on 2 cores). -> results/normdyn_drift.{md,png}
+reproduce-drift-cpu: venv
+	$(PY) scripts/normdyn_drift.py --root runs/vision_cpu/normdyn_drift --seeds 0 1 2 --steps 300 \
+		--rhos 0.05 0.005 --threads 1
 
 # Paper scale (GPUs; LAUNCHER=slurm GRID_ARGS='hydra.launcher.gpus_per_node=1 ...' on a cluster).
 # Table 2: TR-ResNet-32 r15, 200 epochs, noise 40/60/80%, 3 seeds.
@@ -227,7 +235,8 @@ reproduce-table4: setup
 	$(PY) scripts/make_table4.py --root runs/table4 --out results/table4.md
 
 # Table 5: 7 tasks x (zero-shot, LoRETTA AdamW 3 lr, SAM 3 lr x 3 rho, DAS 3 lr x 3 alpha,
-# LoRA r 16 3 lr); reproduce-table5-ft adds full fine-tuning (about 110 GB per process).
+# LoRA r 16 3 lr); reproduce-table5-ft adds full fine-tuning (about 54 GB per process in
+# bf16: weights, gradients and AdamW's two states, before activations).
 T5_TASKS ?= superglue_cb,superglue_boolq,superglue_wsc,superglue_copa,superglue_record,squad,drop
 T5 = $(MULTIRUN) experiment=table5 task=$(T5_TASKS) hydra.sweep.dir=runs/table5 $(GRID_DIR)
 reproduce-table5: setup
@@ -235,7 +244,8 @@ reproduce-table5: setup
 	$(T5) $(LR_ADAPTER)
 	$(T5) optimizer=sam $(LR_ADAPTER) optimizer.rho=0.05,0.1,0.2
 	$(T5) optimizer=das $(LR_ADAPTER) optimizer.alpha=0.5,1,2
-	$(T5) model.adapter.kind=lora model.adapter.r=16 '~model.adapter.tt_rank' $(LR_ADAPTER)
+	$(T5) model.adapter.kind=lora model.adapter.r=16 '~model.adapter.tt_rank' \
+		model.adapter.dropout=0 $(LR_ADAPTER)
 	$(PY) scripts/make_table5.py --root runs/table5 --out results/table5.md
 
 reproduce-table5-ft: setup

@@ -7,8 +7,9 @@ directories back and format tables:
   model (for analyses that are not training runs);
 * :func:`cached`: an analysis result stored as JSON next to the runs, recomputed only when its
   settings change;
-* :func:`load_summaries`, :func:`method_of`, :func:`read_jsonl`, :func:`mean_std`,
-  :func:`fmt_mean_std`, :func:`markdown_table`, :func:`machine_info`.
+* :func:`load_summaries`, :func:`read_jsonl` (from :mod:`tensam.reports`, which also groups
+  runs by their stored settings and counts diverged runs apart), :func:`method_of`,
+  :func:`mean_std`, :func:`fmt_mean_std`, :func:`markdown_table`, :func:`machine_info`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
 from tensam.logging import atomic_write_text
+from tensam.reports import load_summaries, read_jsonl  # noqa: F401 - the builders' readers
 from tensam.tasks import build_model, build_task
 from tensam.train import CONFIG_DIR, seed_everything
 
@@ -67,21 +69,6 @@ def cached(path: Path, settings: dict, compute: Callable[[], dict]) -> dict:
     return result
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSON-lines file (a run's ``metrics.jsonl``); [] if it does not exist."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def load_summaries(root: Path, pattern: str = "**/summary.json") -> dict[tuple[str, ...], dict]:
-    """Every run summary under ``root``, keyed by its directory's parts relative to ``root``."""
-    root = Path(root)
-    return {path.parent.relative_to(root).parts: json.loads(path.read_text())
-            for path in sorted(root.glob(pattern))}
-
-
 def interleaved_times(runs: Mapping[str, Callable[[], Any]], blocks: int, steps: int,
                       sync: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
     """Seconds per call of each of ``runs`` (name -> one training step), measured in ``blocks``
@@ -106,19 +93,61 @@ def method_of(config: Mapping) -> str:
     return {"none": opt["base"]["name"].upper()}.get(opt["method"], opt["method"].upper())
 
 
+#: which evaluation of a run a table reports (``--checkpoint``)
+CHECKPOINTS = ("best", "last")
+
+
+def reported(summary: Mapping, checkpoint: str = "best") -> dict:
+    """``summary`` with the metrics of the evaluation it reports, and ``"checkpoint"`` saying
+    which: with ``checkpoint="best"``, for a run evaluated every ``eval_every`` steps, the
+    evaluation with the best objective (its ``best/<metric>`` keys; ``"best@<step>"``): LM-BFF's,
+    MeZO's and LoRETTA's best checkpoint on validation, whose test score they report; otherwise
+    (``"last"``, a run without evaluations during training, or one from before the summaries kept
+    every metric of it) the final evaluation (``"last"``)."""
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint={checkpoint!r} is not one of {list(CHECKPOINTS)}")
+    best = {k.removeprefix("best/"): v for k, v in summary.items()
+            if k.startswith("best/") and k != "best/step"}
+    if (checkpoint == "best" and summary.get("best/step") is not None
+            and set(best) - {summary.get("objective")}):
+        return {**summary, **best, "checkpoint": f"best@{summary['best/step']}"}
+    return {**summary, "checkpoint": "last"}
+
+
 def best_on_validation(summaries: Iterable[Mapping], group: Callable[[Mapping], Any],
-                       metric: Callable[[Mapping], str]) -> dict[Any, Mapping]:
+                       metric: Callable[[Mapping], str],
+                       checkpoint: str = "best") -> dict[Any, dict]:
     """Per ``group(summary)``, the finished run with the best validation value of
     ``metric(summary)`` (the paper's protocol: a grid per data seed, the configuration with the
-    best validation score reports its test score); a group of one run is that run."""
-    best: dict[Any, Mapping] = {}
+    best validation score reports its test score); a group of one run is that run. Every run is
+    read as :func:`reported` reads it: its best checkpoint on validation where it has one (the
+    reference code's per-run selection), so both the validation score compared here and the test
+    score a table prints are that checkpoint's; the runs are returned so read."""
+    best: dict[Any, dict] = {}
     for s in summaries:
         if s.get("status") != "finished":
             continue
+        s = reported(s, checkpoint)
         key, value = group(s), s.get(metric(s))
         if value is not None and (key not in best or value > best[key][metric(s)]):
             best[key] = s
     return best
+
+
+def checkpoint_note(runs: Iterable[Mapping]) -> str:
+    """Which evaluation of each of ``runs`` (read by :func:`reported`) a table shows, in words."""
+    runs = list(runs)
+    chosen = [r for r in runs if r["checkpoint"] != "last"]
+    if not chosen:
+        return "each run's final evaluation"
+    every = "/".join(sorted({str(r["config"].get("eval_every")) for r in chosen}))
+    objective = "/".join(sorted({str(r.get("objective")) for r in chosen}))
+    note = (f"each run's evaluation with the best {objective} (every {every} steps, the "
+            "reference code's best checkpoint)")
+    if len(chosen) < len(runs):
+        note += (f" for {len(chosen)} of {len(runs)} runs, the final evaluation for the others "
+                 "(no evaluation during training)")
+    return note
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -78,7 +78,7 @@ def main() -> None:
                    yerr=[e for _, e in stats], label=method, capsize=3)
         ax.axhline(0, color="k", lw=0.5)
         ax.set(xticks=range(len(ranks)), xticklabels=labels, ylabel="gain over SGD (pp)",
-               title=f"{conv.upper()}-ResNet-20 (rank; compression ratio)")
+               title=f"{conv.upper()}-ResNet-20 (rank; compression ratio: our choice)")
         ax.legend()
         for r in ranks:
             entry = table[(conv, r)]

@@ -6,6 +6,10 @@ The runs are Hydra multiruns (see the Makefile) in ``<root>/<protocol>/<optimize
 protocol, rows HOOI / ADAM / SAM / DAS with our mean ± std over the splits of ``r2_heldout`` and
 ``r2_observed`` beside the paper's Table 7, the run settings read back from the stored configs,
 the run times, and the diagnostics of ``scripts/table1_diagnostics.py`` (``<root>/diagnostics``).
+Runs are read through :mod:`tensam.reports`: only finished runs are averaged and diverged ones
+are counted apart ("2 (+1 diverged)"); runs of one cell must share their stored settings but for
+the seed, and the gradient runs of a protocol all but their method's options (else the builder
+stops, naming the runs and keys); a torn last line of a ``metrics.jsonl`` is dropped with a line.
 
     python scripts/make_table1.py [--root runs/table1] [--out results]
 """
@@ -30,6 +34,7 @@ from _common import (
     read_jsonl,
 )
 
+from tensam.reports import DIVERGED, FINISHED, Cell, require_same_settings
 from tensam.tensorized.tucker import tucker_to_tensor
 
 #: the paper's Table 7 (R2, mean ± std over 3 splits)
@@ -64,28 +69,56 @@ def settings(sam: dict, das: dict) -> str:
 
 def scores(key: tuple, summary: dict) -> dict:
     """The metrics of a run: a HOOI run's are its summary's baseline scores."""
-    return summary["baselines"]["hooi"] if key[1] == "hooi" else summary
+    return (summary.get("baselines") or {}).get("hooi") or {} if key[1] == "hooi" else summary
+
+
+def name_of(key: tuple) -> str:
+    """A run's directory under the root, for messages: ``<protocol>/<dir>/<seed>``."""
+    return f"{key[0]}/{DIRS[key[1]]}/{key[2]}"
+
+
+def check_settings(runs: dict) -> None:
+    """Refuse (:class:`tensam.reports.MixedSettingsError`) runs of different stored settings in
+    one cell (a protocol x method: only the seed may differ), and gradient runs of one protocol
+    that differ in more than their method's own options (the protocol's settings line names one
+    setting: steps, rank, base optimizer, ...)."""
+    for protocol in PROTOCOLS:
+        for method in METHODS:
+            require_same_settings({name_of(k): s for k, s in runs.items()
+                                   if k[:2] == (protocol, method)},
+                                  f"the `{protocol}` {METHODS[method]} cell")
+        require_same_settings(
+            {name_of(k): s for k, s in runs.items() if k[0] == protocol and k[1] in GRADIENT},
+            f"the `{protocol}` protocol's settings line",
+            vary=lambda key: key.startswith("optimizer.") and not key.startswith("optimizer.base."))
 
 
 def aggregate(runs: dict) -> list[dict]:
-    """One row per protocol x method x metric: mean, std, n and the paper's number."""
+    """One row per protocol x method x metric: mean, std and n over the finished runs, the
+    count of diverged runs apart (never averaged; mean None when none finished), the paper's
+    number."""
     rows = []
     for protocol in PROTOCOLS:
         for method in METHODS:
             found = {k: s for k, s in runs.items() if k[:2] == (protocol, method)}
             if not found:
                 continue
+            cell = Cell.of(found)
             own = next(iter(found.values()))["config"]["objective"]
             for metric in METRICS:
-                mean, std = mean_std([scores(k, s)[metric] for k, s in found.items()])
+                values = cell.values(lambda k, s, metric=metric: scores(k, s).get(metric))
+                mean, std = mean_std(values) if values else (None, None)
                 paper_mean, paper_std = PAPER[method]
-                diff = mean - paper_mean
+                diff = None if mean is None else mean - paper_mean
                 rows.append({"protocol": protocol, "method": method, "metric": metric,
-                             "own_metric": metric == own, "n": len(found), "mean": mean,
-                             "std": std, "paper_mean": paper_mean, "paper_std": paper_std,
-                             "diff": diff,
-                             "agrees": abs(diff) <= max(AGREE * paper_std, ABS_TOL),
-                             "seeds": " ".join(sorted(k[2] for k in found))})
+                             "own_metric": metric == own, "n": len(cell.finished),
+                             "diverged": len(cell.diverged), "count": cell.count(),
+                             "mean": mean, "std": std, "paper_mean": paper_mean,
+                             "paper_std": paper_std, "diff": diff,
+                             "agrees": diff is not None
+                             and abs(diff) <= max(AGREE * paper_std, ABS_TOL),
+                             "seeds": " ".join(sorted(k[2] for k in cell.finished)),
+                             "diverged_seeds": " ".join(sorted(k[2] for k in cell.diverged))})
     return rows
 
 
@@ -98,13 +131,18 @@ def verdict(rows: list[dict]) -> list[str]:
                      and r["method"] in GRADIENT]
             if not cells:
                 continue
-            worst = max(abs(r["diff"]) for r in cells)
+            diffs = [abs(r["diff"]) for r in cells if r["diff"] is not None]
+            worst = f"{max(diffs):.4f}" if diffs else "-"
             agree = sum(r["agrees"] for r in cells)
             hooi = [r for r in rows if (r["protocol"], r["method"], r["metric"])
-                    == (protocol, "hooi", metric)]
+                    == (protocol, "hooi", metric) and r["diff"] is not None]
             hooi_text = f"; HOOI off by {hooi[0]['diff']:+.4f}" if hooi else ""
+            failed = [METHODS[r["method"]] for r in cells if r["diff"] is None]
+            failed_text = (f"; no finished run of {', '.join(failed)} (all diverged)"
+                           if failed else "")
             lines.append(f"- `{protocol}` / `{metric}`: {agree}/{len(cells)} gradient methods "
-                         f"agree with the paper (largest |ours - paper| = {worst:.4f}{hooi_text})"
+                         f"agree with the paper (largest |ours - paper| = {worst}{hooi_text}"
+                         f"{failed_text})"
                          + (" **<- reproduces the paper's column**" if agree == len(cells)
                             else ""))
     return lines
@@ -126,9 +164,10 @@ def main_table(rows: list[dict]) -> str:
                                                                                       method)}
             if not cells:
                 continue
-            body.append([name, *[fmt_mean_std(cells[m]["mean"], cells[m]["std"]) +
+            body.append([name, *[("- (no finished run)" if cells[m]["mean"] is None else
+                                  fmt_mean_std(cells[m]["mean"], cells[m]["std"])) +
                                  (" ✓" if cells[m]["agrees"] else "") for m in METRICS],
-                         fmt_mean_std(*PAPER[method]), cells[METRICS[0]]["n"]])
+                         fmt_mean_std(*PAPER[method]), cells[METRICS[0]]["count"]])
         out.append(markdown_table(header, body))
     return "\n".join(out)
 
@@ -152,6 +191,9 @@ def das_vs_adam(root: Path, runs: dict) -> list[list]:
     for (protocol, method, seed), summary in sorted(runs.items()):
         if method != "das" or (protocol, "adam", seed) not in runs:
             continue
+        if FINISHED != summary.get("status") or FINISHED != runs[(protocol, "adam", seed)].get(
+                "status"):
+            continue  # a diverged run has no final iterate (its checkpoint is an earlier one)
         das, adam = (final_model(root / protocol / DIRS[m] / seed, runs[(protocol, m, seed)]
                                  ["steps"]) for m in ("das", "adam"))
         if das is None or adam is None:
@@ -169,18 +211,28 @@ def das_vs_adam(root: Path, runs: dict) -> list[list]:
 
 
 def loss_peaks(root: Path, runs: dict) -> list[list]:
-    """Largest logged training loss of each DAS run next to Adam's (every ``log_every`` steps)."""
+    """Largest logged (finite) training loss of each DAS run next to Adam's (every
+    ``log_every`` steps), and the final loss; a diverged run's final loss is "diverged at step
+    N". A run that cannot be read is named."""
     body = []
     for (protocol, method, seed) in sorted(runs):
         if method != "das" or (protocol, "adam", seed) not in runs:
             continue
         peaks = []
         for m in ("das", "adam"):
-            log = [r for r in read_jsonl(root / protocol / DIRS[m] / seed / "metrics.jsonl")
-                   if "train/loss" in r]
-            top = max(log, key=lambda r: r["train/loss"])
-            peaks += [f"{top['train/loss']:.4g} (step {top['step']})",
-                      f"{runs[(protocol, m, seed)]['train/loss']:.4g}"]
+            key, path = (protocol, m, seed), root / protocol / DIRS[m] / seed / "metrics.jsonl"
+            summary = runs[key]
+            try:
+                log = [r for r in read_jsonl(path)
+                       if isinstance(r.get("train/loss"), (int, float))]  # null: non-finite
+            except ValueError as err:
+                raise SystemExit(f"tensam: run {name_of(key)}: {err}") from None
+            top = max(log, key=lambda r: r["train/loss"]) if log else None
+            final = summary.get("train/loss")
+            peaks += [f"{top['train/loss']:.4g} (step {top['step']})" if top else "-",
+                      f"diverged at step {summary.get('diverged_at_step')}"
+                      if summary.get("status") == DIVERGED
+                      else f"{final:.4g}" if isinstance(final, (int, float)) else "-"]
         body.append([protocol, seed, *peaks])
     return body
 
@@ -266,15 +318,22 @@ def main(argv: list[str] | None = None) -> int:
     diag = {p.stem: json.loads(p.read_text()) for p in (args.root / "diagnostics").glob("*.json")}
     if not runs:
         parser.error(f"no runs under {args.root}; run `make reproduce-table1` first")
-    rows = aggregate(runs)
+    try:
+        check_settings(runs)
+        rows = aggregate(runs)
+    except ValueError as err:  # mixed settings, or a finished run without its metric
+        raise SystemExit(f"tensam: {err}") from None
     configs = {p: {m: next(s["config"] for k, s in runs.items() if k[:2] == (p, m))
                    for m in ("sam", "das")} for p in PROTOCOLS
                if all(any(k[:2] == (p, m) for k in runs) for m in ("sam", "das"))}
-    hooi = {p: [s for k, s in runs.items() if k[:2] == (p, "hooi")] for p in PROTOCOLS}
+    hooi = {p: [s for k, s in runs.items() if k[:2] == (p, "hooi") and s.get("status") == FINISHED]
+            for p in PROTOCOLS}
     md = ["# Table 1: Tucker completion on the COVID-19 serology tensor (438 x 6 x 11)\n",
           "Generated by `python scripts/make_table1.py` from the runs of "
           "`make reproduce-table1`. Ours: mean ± sample "
-          "std (ddof=1) over the splits = seeds; `paper R2 (Table 7)`: the paper's numbers, "
+          "std (ddof=1) over the splits = seeds of the finished runs (n; diverged runs are "
+          "counted apart, never averaged; the runs of a cell share their stored settings but "
+          "for the seed); `paper R2 (Table 7)`: the paper's numbers, "
           f"copied. ✓: ours within max({AGREE:g} x paper std, {ABS_TOL:g}) of the paper's. See "
           "`experiments/table1/README.md` for the discussion.\n",
           main_table(rows), "## Which protocol and metric reproduce the paper's column\n",

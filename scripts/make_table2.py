@@ -6,7 +6,10 @@
 
 Every ``summary.json`` under ``--root`` is one run; runs are grouped by (noise rate, method) and
 reported as mean ± sample std of the test accuracy over seeds, with the measured corrupted
-fraction, the training time per step and the number of runs. Nothing is read but the summaries.
+fraction, the training time per step and the number of runs. Nothing is read but the summaries
+(through :mod:`tensam.reports`): a diverged run is counted apart ("2 (+1 diverged)"), never
+averaged; runs of other stored settings (epochs, rank, base optimizer, ...) than the rest are
+refused in one line naming them, since the text under the table names one setting.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from _common import (
     write_report,
 )
 
+from tensam.reports import Cell, require_same_settings, run_name
+
 #: the paper's Table 2 (TR-ResNet-32, 3 runs): noise -> method -> (mean, std) test accuracy (%)
 PAPER = {0.4: {"SGD": (83.76, 0.24), "SAM": (86.59, 0.16), "DAS": (84.35, 0.40)},
          0.6: {"SGD": (77.41, 1.08), "SAM": (82.03, 0.25), "DAS": (77.73, 0.27)},
@@ -34,32 +39,55 @@ PAPER_RUNTIME = {"SGD": 0.039, "SAM": 0.090, "DAS": 0.054}
 ORDER = ("SGD", "SAM", "DAS")
 
 
-def group(summaries: dict) -> dict:
-    """(noise rate, method) -> the summaries of its runs (finished runs only)."""
-    groups = defaultdict(list)
-    for summary in summaries.values():
-        if summary.get("status") != "finished":
-            continue
+#: the settings the table's rows and columns vary: the noise rate, and each method's own options
+#: (the base optimizer, model, data and budget are one setting, named under the table)
+NOISE = "task.data.label_noise"
+
+
+def _varies(key: str) -> bool:
+    return key == NOISE or (key.startswith("optimizer.") and not key.startswith("optimizer.base."))
+
+
+def group(summaries: dict) -> dict[tuple, Cell]:
+    """(noise rate, method) -> its runs (:class:`tensam.reports.Cell`: finished ones averaged,
+    diverged ones counted apart). Runs of one cell must share their stored settings but for the
+    seed, and all runs every setting the text under the table names (else
+    :class:`tensam.reports.MixedSettingsError`, naming the runs)."""
+    named = {run_name(k): s for k, s in summaries.items()}
+    require_same_settings(named, "the table (one model, data set, budget and base optimizer)",
+                          vary=_varies)
+    groups = defaultdict(dict)
+    for name, summary in named.items():
         cfg = summary["config"]
-        groups[(cfg["task"]["data"]["label_noise"], method_of(cfg))].append(summary)
-    return groups
+        groups[(cfg["task"]["data"]["label_noise"], method_of(cfg))][name] = summary
+    for (noise, method), runs in groups.items():
+        require_same_settings(runs, f"the cell noise {noise:.0%} / {method}")
+    return {key: Cell.of(runs) for key, runs in groups.items()}
 
 
-def rows(groups: dict) -> list[list]:
+def rows(groups: dict[tuple, Cell]) -> list[list]:
     out = []
     for (noise, method) in sorted(groups, key=lambda k: (k[0], ORDER.index(k[1])
                                                          if k[1] in ORDER else 9)):
-        runs = groups[(noise, method)]
-        acc = mean_std([100 * r["accuracy"] for r in runs])
-        measured = mean_std([r["data"]["label_noise_measured"] for r in runs])
-        step = mean_std([r["seconds_per_step"] for r in runs])
+        cell = groups[(noise, method)]
+        runs = list(cell.finished.values())
         paper = PAPER.get(noise, {}).get(method)
-        ours = fmt_mean_std(*acc, digits=2) if len(runs) > 1 else f"{acc[0]:.2f} (one seed)"
+        if runs:
+            acc = mean_std([100 * v for v in cell.values("accuracy")])
+            measured = mean_std([r["data"]["label_noise_measured"] for r in runs])
+            step = mean_std([r["seconds_per_step"] for r in runs])
+            ours = fmt_mean_std(*acc, digits=2) if len(runs) > 1 else f"{acc[0]:.2f} (one seed)"
+            measured_text, step_text = f"{measured[0]:.4f}", f"{step[0]:.3f}"
+        else:
+            ours, measured_text, step_text = "- (no finished run)", "-", "-"
+        seeds = ", ".join(str(r["config"]["seed"]) for r in runs)
+        if cell.diverged:
+            seeds += ("; " if seeds else "") + "diverged: " + ", ".join(
+                str(r["config"]["seed"]) for r in cell.diverged.values())
         out.append([f"{noise:.0%}", method, ours,
                     fmt_mean_std(*paper, digits=2) if paper else "-",
-                    f"{measured[0]:.4f}", f"{step[0]:.3f}",
-                    PAPER_RUNTIME.get(method, "-"), len(runs),
-                    ", ".join(str(r["config"]["seed"]) for r in runs)])
+                    measured_text, step_text,
+                    PAPER_RUNTIME.get(method, "-"), cell.count(), seeds])
     return out
 
 
@@ -71,20 +99,25 @@ def main() -> None:
                         "symmetric label noise")
     args = parser.parse_args()
     summaries = load_summaries(args.root)
-    groups = group(summaries)
-    if not groups:
-        raise SystemExit(f"no finished runs under {args.root}")
-    first = next(iter(groups.values()))[0]["config"]
+    if not summaries:
+        raise SystemExit(f"no runs under {args.root}")
+    try:
+        groups = group(summaries)
+        body = rows(groups)
+    except ValueError as err:  # mixed settings, or a finished run without its accuracy
+        raise SystemExit(f"tensam: {err}") from None
+    first = next(iter(summaries.values()))["config"]
     data, model = first["task"]["data"], first["model"]
     header = ["noise", "method", "ours: test acc. (%)", "paper (Table 2, TR-ResNet-32)",
               "measured wrong labels", "ours: s/step", "paper: s/step (GPU)", "n", "seeds"]
     text = [f"# {args.title}", "",
             f"Generated by `python scripts/make_table2.py --root {args.root}` on "
             f"{datetime.date.today()} from {len(summaries)} run summaries. Ours: mean ± sample "
-            "std over seeds of the accuracy on the clean CIFAR-10 test set (the JPEG re-encoding "
+            "std over seeds of the accuracy on the clean CIFAR-10 test set, over the finished "
+            "runs (n; diverged runs are counted apart and never averaged) (the JPEG re-encoding "
             "of CIFAR-10 at hand, see shared data; close to, not identical with, the original "
             "binary release). The paper's numbers are copied from its Table 2.", "",
-            markdown_table(header, rows(groups)),
+            markdown_table(header, body),
             f"Model `{model['_target_']}` depth {model['depth']}, conv `{model['conv']}`, rank "
             f"{model['rank']}; data: train split `{data['train_split']}`, subset "
             f"{data['subset']}, noise mode `{data['noise_mode']}` (see "

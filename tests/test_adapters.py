@@ -32,12 +32,14 @@ from tensam.train import CONFIG_DIR  # noqa: E402
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
         "intermediate_size": 37, "vocab_size": 100, "max_position_embeddings": 64}
-#: adapter options per kind for hidden 32 (no factorization table entry: explicit modes)
+#: adapter options per kind for hidden 32 (no factorization table entry: explicit modes); the
+#: LoRETTAs with init=zero (dW = 0 at the start, one zero core): the reference init, where no
+#: core is zero, is tested in tests/test_adapter_fidelity.py
 KINDS = {
     "flora": {"r": 4, "alpha": 8},
-    "loretta_tt": {"r": 3, "alpha": 6, "out_modes": [4, 8], "in_modes": [8, 4]},
+    "loretta_tt": {"r": 3, "alpha": 6, "out_modes": [4, 8], "in_modes": [8, 4], "init": "zero"},
     "loretta_rep": {"r": 4, "alpha": 8, "tt_rank": 3, "modes_a": [8, 4, 4],
-                    "modes_b": [4, 4, 8]},
+                    "modes_b": [4, 4, 8], "init": "zero"},
     "lora": {"r": 4, "alpha": 8},
 }
 K = {"flora": 3, "loretta_tt": 4, "loretta_rep": 6, "lora": 2}
@@ -100,8 +102,9 @@ def test_loretta_rep_is_a_bottleneck_of_two_tensor_trains():
 
 @pytest.mark.parametrize("make", [
     lambda: FLoRALinear(nn.Linear(384, 384), r=8),
-    lambda: LorettaTT(nn.Linear(384, 384), r=16),
-    lambda: LorettaRep(nn.Linear(384, 384), r=8, tt_rank=16),
+    lambda: FLoRALinear(nn.Linear(384, 384), r=8, init="linear"),
+    lambda: LorettaTT(nn.Linear(384, 384), r=16, init="zero"),
+    lambda: LorettaRep(nn.Linear(384, 384), r=8, tt_rank=16, init="zero"),
 ])
 def test_adapters_start_at_dw_zero_with_exactly_one_zero_core(make):
     layer = make()
@@ -134,8 +137,8 @@ def test_adapters_run_under_bf16_autocast_with_a_bf16_base(make):
 
 def test_tt_cores_are_scaled_to_the_target_variance_of_the_rebuilt_matrix():
     """Cores N(0, s^2), s = (v / r^(d-1))^(1/(2d)), give dW entries of variance v = 1/(O + I)
-    (up to the spread of one draw) once the zero core is drawn like the others."""
-    layer = LorettaTT(nn.Linear(1024, 1024), r=16)
+    (up to the spread of one draw) once the zero core is drawn like the others (init=zero)."""
+    layer = LorettaTT(nn.Linear(1024, 1024), r=16, init="zero")
     s = (1 / 2048 / 16 ** 7) ** (1 / 16)
     assert all(abs(c.std().item() / s - 1) < 0.2 for c in layer.cores()[:-1])
     with torch.no_grad():

@@ -117,3 +117,312 @@ def test_table5_selects_on_validation_per_seed_and_reports_the_chosen_test_score
     assert make_table5.metric("cb", "text") == "f1" and make_table5.metric("copa", "text") == (
         "accuracy")
     assert make_table5.metric("squad", "code") == "f1"
+
+
+def test_reported_reads_a_run_at_its_best_checkpoint():
+    from _common import reported
+
+    run = {"status": "finished", "objective": "val_accuracy", "val_accuracy": 0.6,
+           "accuracy": 0.5, "best/val_accuracy": 0.8, "best/accuracy": 0.7, "best/step": 300}
+    best = reported(run)
+    assert (best["val_accuracy"], best["accuracy"], best["checkpoint"]) == (0.8, 0.7, "best@300")
+    last = reported(run, "last")
+    assert (last["val_accuracy"], last["accuracy"], last["checkpoint"]) == (0.6, 0.5, "last")
+    # no evaluation during training, or an old summary with the objective alone: the final one
+    for old in ({**run, "best/step": None}, {"status": "finished", "objective": "val_accuracy",
+                                             "val_accuracy": 0.6, "best/val_accuracy": 0.8,
+                                             "best/step": 300}):
+        assert reported(old)["checkpoint"] == "last" and reported(old)["val_accuracy"] == 0.6
+    with pytest.raises(ValueError, match="checkpoint='first'"):
+        reported(run, "first")
+
+
+def _t4(path: Path, method: str, seed: int, final: tuple, best: tuple | None,
+        steps: int = 1000) -> None:
+    """A Table 4 run: (val, test) accuracy of its final evaluation and of its best one."""
+    path.mkdir(parents=True)
+    extra = {} if best is None else {"best/val_accuracy": best[0], "best/accuracy": best[1],
+                                     "best/step": 500}
+    path.joinpath("summary.json").write_text(json.dumps({
+        "status": "finished", "objective": "val_accuracy", "val_accuracy": final[0],
+        "accuracy": final[1], **extra, "seconds": 10.0, "seconds_per_step": 0.5,
+        "model_info": {"trainable": 1234},
+        "config": {"steps": steps, "epochs": None, "eval_every": 100, "presets": {},
+                   "optimizer": {"method": method, "base": {"name": "adam"}},
+                   "model": {"pretrained": "roberta-large", "adapter": {"kind": "flora"}},
+                   "task": {"name": "rte", "data_seed": seed, "k": 512, "batch_size": 16,
+                            "max_length": 256}}}))
+
+
+def _table(out: Path) -> dict[str, list[str]]:
+    return {line.split(" | ")[0].strip("| "): line.split(" | ") for line in
+            out.read_text().splitlines() if line.startswith("| ")}
+
+
+def test_table4_selects_and_scores_each_run_at_its_best_checkpoint(tmp_path, monkeypatch):
+    """Per seed, the grid point whose best checkpoint validates best reports that checkpoint's
+    test accuracy (LM-BFF / MeZO), even where the final evaluations rank the runs otherwise;
+    --checkpoint last reads the final evaluations; a run without evaluations during training (the
+    zero-shot row) is its final evaluation."""
+    root = tmp_path / "runs"
+    for seed, (a, b) in enumerate([(((0.70, 0.60), (0.76, 0.80)), ((0.75, 0.50), (0.75, 0.50))),
+                                   (((0.71, 0.61), (0.90, 0.84)), ((0.73, 0.40), (0.80, 0.70)))]):
+        _t4(root / f"das_a{seed}", "das", seed, *a)  # best checkpoints validate better: 76, 90
+        _t4(root / f"das_b{seed}", "das", seed, *b)  # final evaluations validate better: 75, 73
+    _t4(root / "zero", "none", 0, (0.55, 0.514), None, steps=0)
+    out = tmp_path / "t4.md"
+    monkeypatch.setattr(sys, "argv", ["make_table4.py", "--root", str(root), "--out", str(out)])
+    make_table4.main()
+    rows = _table(out)
+    assert rows["FLoRA DAS"][2:4] == ["82.00 ± 2.83", "83.00 ± 9.90"]  # tests 80, 84; vals 76, 90
+    assert rows["zero-shot"][2:4] == ["51.40 ± 0.00", "55.00 ± 0.00"]
+    assert "--checkpoint best" in out.read_text()
+    assert "each run's evaluation with the best val_accuracy (every 100 steps" in out.read_text()
+    assert "for 2 of 3 runs, the final evaluation for the others" in out.read_text()
+    monkeypatch.setattr(sys, "argv", ["make_table4.py", "--root", str(root), "--out", str(out),
+                                      "--checkpoint", "last"])
+    make_table4.main()
+    rows = _table(out)
+    assert rows["FLoRA DAS"][2:4] == ["45.00 ± 7.07", "74.00 ± 1.41"]  # runs b: tests 50, 40
+    assert "each run's final evaluation" in out.read_text()
+
+
+def test_table5_scores_each_run_at_its_best_checkpoint(tmp_path, monkeypatch):
+    _t5(tmp_path / "a", "cb", "das", 0, 0.9, 0.3, 0.2)  # final: the better validation ...
+    _t5(tmp_path / "b", "cb", "das", 0, 0.5, 0.4, 0.2)
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    summary.update({"objective": "val_loss", "best/val_accuracy": 0.95, "best/accuracy": 0.75,
+                    "best/val_loss": 0.1, "best/step": 200})  # ... but b's checkpoint beats it
+    summary["config"]["eval_every"] = 200
+    (tmp_path / "b" / "summary.json").write_text(json.dumps(summary))
+    out = tmp_path / "t5.md"
+    monkeypatch.setattr(sys, "argv", ["make_table5.py", "--root", str(tmp_path), "--out",
+                                      str(out)])
+    make_table5.main()
+    assert _table(out)["LoRETTA_rep DAS"][2] == "75.0"
+    assert "each run's evaluation with the best val_loss (every 200 steps" in out.read_text()
+
+
+# -- Tables 1 and 2: diverged runs, mixed settings, torn logs (tensam.reports) -----------------
+
+def _t1_config(method: str, seed: int, steps: int = 100, rank=(8, 6, 8)) -> dict:
+    optimizer = {"method": method, "base": {"name": "adamw", "lr": 0.001, "betas": [0.9, 0.999],
+                                            "weight_decay": 0.01}}
+    optimizer.update({"sam": {"rho": 0.01}, "das": {"alpha": 0.001, "alpha_schedule": "constant"}}
+                     .get(method, {}))
+    return {"name": "table1", "seed": seed, "steps": steps, "objective": "r2_heldout",
+            "optimizer": optimizer,
+            "task": {"protocol": "heldout", "observed": 0.3, "loss": "mse", "split": seed,
+                     "seed": seed, "hooi_iter": 100},
+            "model": {"rank": list(rank), "init": "normal", "seed": seed}}
+
+
+def _run(path: Path, config: dict, status: str = "finished", value: float = 0.9,
+         log: str | None = None, **extra) -> None:
+    """A run directory as tensam.train.run leaves it: summary (settings, fingerprint, status)
+    and metrics.jsonl."""
+    from tensam.config import fingerprint, trajectory_settings
+
+    settings = trajectory_settings(config)
+    finished = status == "finished"
+    path.mkdir(parents=True)
+    path.joinpath("summary.json").write_text(json.dumps({
+        "status": status, "r2_heldout": value if finished else None,
+        "r2_observed": value + 0.01 if finished else None, "accuracy": value if finished else None,
+        "train/loss": 0.5 if finished else None, "norm/Q": 1.0, "steps": config["steps"],
+        "seconds": 10.0, "seconds_per_step": 0.1, "config": config, "settings": settings,
+        "fingerprint": fingerprint(settings), "data": {"label_noise_measured": 0.6},
+        **({} if finished else {"diverged_at_step": 7}), **extra}))
+    if log is None:
+        log = (json.dumps({"step": 0, "train/loss": 2.0}) + "\n"
+               + json.dumps({"step": 50, "train/loss": 1.0 if finished else None}) + "\n")
+    path.joinpath("metrics.jsonl").write_text(log)
+
+
+def _table1(root: Path, das_seed1: dict | None = None, **kwargs) -> None:
+    for d, method in (("none", "none"), ("sam", "sam"), ("das", "das")):
+        for seed in (0, 1):
+            extra = (das_seed1 or {}) if (d, seed) == ("das", 1) else {}
+            config = _t1_config(method, seed, **{**kwargs, **extra.pop("config", {})})
+            _run(root / "heldout" / d / f"seed{seed}", config, value=0.9 + 0.01 * seed, **extra)
+
+
+def _build_table1(root: Path, out: Path) -> str:
+    import make_table1
+
+    make_table1.main(["--root", str(root), "--out", str(out)])
+    return (out / "table1.md").read_text()
+
+
+def test_reports_read_a_torn_last_line_with_a_message_and_refuse_other_bad_lines(
+        tmp_path, capsys):
+    from tensam.reports import read_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 0, "train/loss": 1.0}\n{"step": 5, "train/lo')
+    assert read_jsonl(path) == [{"step": 0, "train/loss": 1.0}]
+    assert f"dropped the torn last line 2 of {path}" in capsys.readouterr().err
+    path.write_text('{"step": 0}\n{"step": 5, "tr\n{"step": 10}\n')
+    with pytest.raises(ValueError, match=rf"{path}:2 is not a JSON record"):
+        read_jsonl(path)
+    assert read_jsonl(tmp_path / "absent.jsonl") == []
+
+
+def test_reports_leave_out_a_torn_summary_naming_it(tmp_path, capsys):
+    from tensam.reports import load_summaries
+
+    _run(tmp_path / "a", _t1_config("none", 0))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "summary.json").write_text('{"status": "fin')
+    assert list(load_summaries(tmp_path)) == [("a",)]
+    assert f"left out {tmp_path / 'b' / 'summary.json'}" in capsys.readouterr().err
+
+
+def test_reports_group_by_stored_settings_and_count_diverged_runs_apart(tmp_path):
+    from tensam.reports import Cell, MixedSettingsError, require_same_settings, seed_keys
+
+    runs = {}
+    for seed, steps, status in ((0, 100, "finished"), (1, 100, "diverged"), (2, 50, "finished")):
+        _run(tmp_path / f"s{seed}", _t1_config("das", seed, steps=steps), status=status)
+        runs[f"s{seed}"] = json.loads((tmp_path / f"s{seed}" / "summary.json").read_text())
+    same = {k: runs[k] for k in ("s0", "s1")}
+    assert {"seed", "task.split", "task.seed", "model.seed"} <= seed_keys(same)
+    require_same_settings(same, "cell")  # only the seed (and what is the seed) differs
+    with pytest.raises(MixedSettingsError) as err:
+        require_same_settings(runs, "the DAS cell")
+    assert str(err.value).startswith("the DAS cell mixes runs of different settings (steps: "
+                                     "100 (s0, s1) vs 50 (s2))")
+    cell = Cell.of(runs)
+    assert cell.values("r2_heldout") == [0.9, 0.9] and cell.count() == "2 (+1 diverged)"
+
+
+def test_table1_counts_a_diverged_run_apart_and_never_averages_it(tmp_path):
+    """A diverged run was averaged into 'nan ± nan' with n = 2, and loss_peaks crashed on its
+    null loss (TypeError: '>' not supported between 'NoneType' and 'float')."""
+    import make_table1
+
+    _table1(tmp_path / "runs", das_seed1={"status": "diverged"})
+    text = _build_table1(tmp_path / "runs", tmp_path / "out")
+    das = next(line for line in text.splitlines() if line.startswith("| DAS |"))
+    assert das.split(" | ")[1:3] == ["0.9000 ± 0.0000", "0.9100 ± 0.0000"]
+    assert das.endswith("| 1 (+1 diverged) |") and "nan" not in text
+    peaks = next(line for line in text.splitlines() if line.startswith("| heldout | seed1 |"))
+    assert "diverged at step 7" in peaks
+    rows = {(r["method"], r["metric"]): r for r in make_table1.aggregate(
+        {("heldout", m, s): json.loads((tmp_path / "runs" / "heldout" / d / s / "summary.json")
+                                       .read_text())
+         for m, d in (("adam", "none"), ("das", "das")) for s in ("seed0", "seed1")})}
+    assert rows[("das", "r2_heldout")]["n"] == 1 and rows[("das", "r2_heldout")]["diverged"] == 1
+
+
+def test_table1_with_every_run_of_a_cell_diverged_prints_no_number(tmp_path):
+    import make_table1
+
+    for seed in (0, 1):
+        _run(tmp_path / "heldout" / "das" / f"seed{seed}", _t1_config("das", seed),
+             status="diverged")
+    summaries = {("heldout", "das", f"seed{s}"): json.loads(
+        (tmp_path / "heldout" / "das" / f"seed{s}" / "summary.json").read_text()) for s in (0, 1)}
+    rows = make_table1.aggregate(summaries)
+    assert all(r["mean"] is None and not r["agrees"] and r["count"] == "0 (+2 diverged)"
+               for r in rows)
+    assert "| DAS | - (no finished run) | - (no finished run) |" in make_table1.main_table(rows)
+    assert "no finished run of DAS (all diverged)" in make_table1.verdict(rows)[0]
+
+
+@pytest.mark.parametrize("das_seed1, needle", [
+    # one cell: an old 50-step run beside 100-step ones
+    ({"config": {"steps": 50}}, "the `heldout` DAS cell mixes runs of different settings (steps: "
+                                "100 (heldout/das/seed0) vs 50 (heldout/das/seed1))"),
+    # one cell: another rank
+    ({"config": {"rank": (4, 3, 4)}}, "model.rank: [8, 6, 8] (heldout/das/seed0) vs [4, 3, 4] "
+                                      "(heldout/das/seed1)"),
+], ids=["steps", "rank"])
+def test_table1_refuses_runs_of_other_settings_in_a_cell_naming_them(tmp_path, das_seed1,
+                                                                     needle):
+    """They were averaged into one cell under a settings line naming the first run's."""
+    _table1(tmp_path / "runs", das_seed1=das_seed1)
+    with pytest.raises(SystemExit) as err:
+        _build_table1(tmp_path / "runs", tmp_path / "out")
+    assert needle in str(err.value) and len(str(err.value).splitlines()) == 1
+    assert not (tmp_path / "out" / "table1.md").exists()
+
+
+def test_table1_refuses_methods_of_other_budgets_under_one_settings_line(tmp_path):
+    _table1(tmp_path / "runs")
+    for seed in (0, 1):  # SAM's runs are of another budget than Adam's and DAS's
+        path = tmp_path / "runs" / "heldout" / "sam" / f"seed{seed}"
+        for f in path.iterdir():
+            f.unlink()
+        path.rmdir()
+        _run(path, _t1_config("sam", seed, steps=50))
+    with pytest.raises(SystemExit, match=r"the `heldout` protocol's settings line mixes runs of "
+                                         r"different settings \(steps: "):
+        _build_table1(tmp_path / "runs", tmp_path / "out")
+
+
+def test_table1_tolerates_a_torn_last_line_of_a_metrics_log(tmp_path, capsys):
+    """A run killed while writing metrics.jsonl crashed the builder (JSONDecodeError)."""
+    torn = (json.dumps({"step": 0, "train/loss": 2.0}) + "\n"
+            + json.dumps({"step": 50, "train/loss": 3.0}) + '\n{"step": 100, "train/lo')
+    _table1(tmp_path / "runs", das_seed1={"log": torn})
+    text = _build_table1(tmp_path / "runs", tmp_path / "out")
+    assert "dropped the torn last line 3 of" in capsys.readouterr().err
+    peaks = next(line for line in text.splitlines() if line.startswith("| heldout | seed1 |"))
+    assert "3 (step 50)" in peaks
+
+
+def _t2_config(method: str, seed: int, noise: float = 0.6, rank: int = 10,
+               epochs: int = 15) -> dict:
+    optimizer = {"method": method, "base": {"name": "sgd", "lr": 0.05, "momentum": 0.9}}
+    if method == "none":
+        optimizer["alone"] = "sgd"
+    optimizer.update({"sam": {"rho": 0.05}, "das": {"alpha": 0.1}}.get(method, {}))
+    return {"name": "noise_cpu", "seed": seed, "steps": 0, "epochs": epochs,
+            "presets": {"sam": {"rho": 0.05}}, "optimizer": optimizer,
+            "task": {"batch_size": 128, "data": {"label_noise": noise, "train_split": "train50k",
+                                                 "subset": 10000, "noise_mode": "uniform",
+                                                 "eval_split": "test"}},
+            "model": {"_target_": "tensam.models.ResNet", "depth": 20, "conv": "tr",
+                      "rank": rank}}
+
+
+def _build_table2(root: Path, out: Path, monkeypatch) -> str:
+    import make_table2
+
+    monkeypatch.setattr(sys, "argv", ["make_table2.py", "--root", str(root), "--out", str(out)])
+    make_table2.main()
+    return out.read_text()
+
+
+def test_table2_counts_diverged_runs_apart(tmp_path, monkeypatch):
+    """A diverged run was dropped from the table without a word (n counted finished runs)."""
+    for method in ("none", "sam"):
+        for seed in (0, 1):
+            _run(tmp_path / method / f"seed{seed}", _t2_config(method, seed), value=0.4 + seed / 10,
+                 status="diverged" if (method, seed) == ("sam", 1) else "finished")
+    text = _build_table2(tmp_path, tmp_path / "t2.md", monkeypatch)
+    rows = {line.split(" | ")[1]: line.split(" | ") for line in text.splitlines()
+            if line.startswith("| 60%")}
+    assert rows["SAM"][2] == "40.00 (one seed)" and rows["SAM"][7] == "1 (+1 diverged)"
+    assert rows["SAM"][8].startswith("0; diverged: 1")
+    assert rows["SGD"][2] == "45.00 ± 7.07" and rows["SGD"][7] == "2"
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"rank": 5}, "model.rank: 10 ("),
+    ({"epochs": 1}, "epochs: 15 ("),
+], ids=["rank", "epochs"])
+def test_table2_refuses_runs_of_other_settings_naming_them(tmp_path, monkeypatch, change,
+                                                           needle):
+    """Runs of another rank or budget were averaged into a cell, under a text naming the
+    first run's model and epochs."""
+    for method in ("none", "sam"):
+        for seed in (0, 1):
+            config = _t2_config(method, seed, **(change if (method, seed) == ("sam", 1) else {}))
+            _run(tmp_path / method / f"seed{seed}", config)
+    with pytest.raises(SystemExit) as err:
+        _build_table2(tmp_path, tmp_path / "t2.md", monkeypatch)
+    message = str(err.value)
+    assert "mixes runs of different settings" in message and needle in message
+    assert "sam/seed1" in message and not (tmp_path / "t2.md").exists()

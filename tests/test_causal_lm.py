@@ -260,3 +260,63 @@ def test_every_task_config_names_a_known_task():
             cfg = compose("train", overrides=[f"task={name}", "model=opt_tiny"])
         task = build_task(OmegaConf.to_container(cfg.task, resolve=True))
         assert isinstance(task, CausalLMTask) and task.name in SPECS
+
+
+def test_the_test_set_is_mezos_sample_of_the_validation_set_by_the_data_seed(tmp_path):
+    """MeZO's / LoRETTA's run.py: eval_samples = sample_subset("valid", seed=train_set_seed,
+    num=num_eval), i.e. the first n_test of RandomState(data_seed).permutation, in that order."""
+    prompts = {seed: _task(tmp_path, "cb", data_seed=seed, n_test=10).prompts["test"]
+               for seed in (0, 1)}
+    for seed, test in prompts.items():
+        order = np.random.RandomState(seed).permutation(len(ROWS["cb"]))[:10]
+        assert test == [SPECS["cb"].prompt(ROWS["cb"][i]) for i in order]
+    assert prompts[0] != prompts[1]
+
+
+def test_loss_is_the_training_loss_on_each_split(tmp_path, model):
+    """``loss`` (on which LoRETTA's HF Trainer keeps its best checkpoint) is the training loss:
+    the LM loss of the gold continuations for COPA and SQuAD, the option cross-entropy for CB."""
+    for name in ("copa", "squad"):
+        task = _task(tmp_path / name, name)
+        with torch.no_grad():
+            metrics = task.evaluate(model)
+        for split, prefix in (("val", "val_"), ("test", "")):
+            prompts = task.prompts[split]
+            nll = sum(-_log_likelihood(model, task.encode(p.context, context=True),
+                                       task.encode(p.target)) for p in prompts)
+            tokens = sum(len(task.encode(p.target)) for p in prompts)
+            assert metrics[f"{prefix}loss"] == pytest.approx(nll / tokens, rel=1e-5)
+    task = _task(tmp_path / "cb", "cb")
+    with torch.no_grad():
+        metrics = task.evaluate(model)
+        _, loss = task.choose(model, task.prompts["val"])
+    assert metrics["val_loss"] == pytest.approx(loss / len(task.prompts["val"]))
+
+
+def test_table5_cpu_reports_the_evaluation_with_the_lowest_validation_loss(tmp_path, monkeypatch):
+    monkeypatch.setenv("TENSAM_SUPERGLUE", str(_write(tmp_path / "data", "copa")))
+    summary = _run(tmp_path, ["task=superglue_copa", "optimizer=das", "eval_every=2",
+                              "task.n_test=8"])
+    assert summary["objective"] == "val_loss" and summary["best/step"] in (2, 4)
+    assert summary["config"]["scheduler"]["name"] == "linear"
+    assert {"best/accuracy", "best/f1", "best/val_loss", "best/loss"} <= set(summary)
+
+
+def test_without_tensam_superglue_or_hub_a_run_fails_in_one_line(tmp_path, monkeypatch):
+    import huggingface_hub.utils
+
+    class NoHub:
+        def head(self, url, timeout):
+            raise ConnectionError("[Errno -2] Name or service not known")
+
+    datasets = pytest.importorskip("datasets")
+    for key in ("TENSAM_SUPERGLUE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(huggingface_hub.utils, "get_session", NoHub)
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda *a, **k: pytest.fail("datasets.load_dataset (and its retries) ran"))
+    with pytest.raises(ConfigError) as err:
+        _run(tmp_path, ["task=superglue_cb"])
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("task.data_dir is unset (TENSAM_SUPERGLUE)")
+    assert "holding CB/train.jsonl and CB/val.jsonl" in message

@@ -63,6 +63,19 @@ def test_decoding_follows_imagefolder_for_directory_and_archive(folder, tmp_path
             assert torch.equal(got[f"{split}_images"], expected)
 
 
+def test_a_truncated_archive_is_named_in_one_line(folder, tmp_path):
+    """A truncated .tar.gz raised a bare EOFError ("Compressed file ended before the
+    end-of-stream marker was reached") that named no file."""
+    whole = folder[1].read_bytes()
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError) as err:
+        cifar.load_cifar10("imagefolder", cut, tmp_path / "cache")
+    message = str(err.value)
+    assert str(cut) in message and "truncated" in message and "EOFError" in message
+    assert len(message.splitlines()) == 1
+
+
 def test_the_cache_is_used_checked_and_rebuilt_when_corrupted(folder, tmp_path, monkeypatch,
                                                               capsys):
     decoded = []

@@ -1,5 +1,6 @@
 """TT-SVD compression (tensam.compress): exact at full rank, error = discarded energy, layers and
-models that compute what the dense ones did, and TT-ResNet-18's 4,448,479 parameters."""
+models that compute what the dense ones did, ranks capped as tensorly caps them, and TT-ResNet-18's
+4,406,063 (capped) / 4,448,479 (uncapped) parameters."""
 
 import copy
 import math
@@ -33,6 +34,14 @@ def tt_full(cores):
     return out.squeeze(0).squeeze(-1)
 
 
+def left_part(cores):
+    """G_1 ... G_k contracted over their bonds, as a (n_1 ... n_k) x r_k matrix."""
+    out = cores[0]
+    for core in cores[1:]:
+        out = torch.tensordot(out, core, dims=1)
+    return out.reshape(-1, out.shape[-1])
+
+
 def tail_energy(matrix, r):
     return torch.linalg.svdvals(matrix)[r:].square().sum()
 
@@ -41,7 +50,7 @@ def tail_energy(matrix, r):
 def test_tt_svd_at_full_rank_is_exact(ranks):
     torch.manual_seed(0)
     w = torch.randn(5, 4, 6, dtype=torch.float64)
-    cores, discarded = tt_svd(w, ranks)
+    cores, discarded = tt_svd(w, ranks, cap=False)
     assert [tuple(c.shape) for c in cores] == [(1, 5, ranks[0]), (ranks[0], 4, ranks[1]),
                                                (ranks[1], 6, 1)]
     assert torch.allclose(tt_full(cores), w, rtol=0, atol=1e-10)
@@ -49,6 +58,29 @@ def test_tt_svd_at_full_rank_is_exact(ranks):
     # r2 = 9 > 6 columns of C_2: G_2's extra slices are further orthonormal columns, not zeros
     g2 = cores[1].reshape(-1, ranks[1])
     assert torch.allclose(g2.T @ g2, torch.eye(ranks[1], dtype=torch.float64), atol=1e-10)
+
+
+@pytest.mark.parametrize("ranks", [(3, 4), (5, 9), (8, 30)])
+def test_capped_tt_svd_equals_tensorlys_tensor_train(ranks):
+    """tensorly caps r_k at min(rows, columns) of the carried matrix and goes on with the
+    capped rank; the ranks, the tensor and every left part G_1 ... G_k (up to the signs of the
+    singular vectors: ours^T theirs = diag(+-1)) agree."""
+    tl = pytest.importorskip("tensorly")
+    from tensorly.decomposition import tensor_train
+
+    torch.manual_seed(3)
+    w = torch.randn(5, 4, 6, dtype=torch.float64)
+    cores, _ = tt_svd(w, ranks)
+    reference = tensor_train(tl.tensor(w.numpy()), rank=[1, *ranks, 1]).factors
+    assert [tuple(c.shape) for c in cores] == [f.shape for f in reference]
+    torch.testing.assert_close(tt_full(cores), torch.from_numpy(tl.tt_to_tensor(reference)),
+                               rtol=0, atol=1e-10)
+    theirs = [torch.from_numpy(f) for f in reference]
+    for k in range(1, len(cores)):
+        ours_k, theirs_k = (left_part(c[:k]) for c in (cores, theirs))
+        product = (ours_k.T @ theirs_k).abs()
+        torch.testing.assert_close(product, torch.eye(len(product), dtype=product.dtype),
+                                   rtol=0, atol=1e-8)
 
 
 def test_tt_svd_error_is_the_discarded_energy_and_obeys_oseledets_bound():
@@ -109,11 +141,27 @@ def test_compressed_resnet_at_full_rank_equals_the_dense_one():
         assert torch.allclose(model(x), dense(x), rtol=0, atol=1e-9)
 
 
-def test_tt_resnet18_has_the_papers_4_4m_parameters():
+def test_tt_resnet18_caps_table9s_rank_as_tensorly_does():
     with torch.device("meta"):
         model = tt_resnet18()
+    assert sum(p.numel() for p in model.parameters()) == 4_406_063  # the paper's 4.4M
+    u, m, v = model.get_submodule("layer3.0.conv1").factors  # r2 = 150 capped at Cin = 128
+    assert (u.shape, m.shape, v.shape) == ((256, 200), (200, 9, 128), (128, 128))
+    report = {r.name: r for r in model.compression_report}
+    assert report["layer3.0.conv1"].ranks == (200, 128)
+    assert all(report[n].ranks == r for n, r in TT_RESNET18_RANKS.items() if n != "layer3.0.conv1")
+    dense_3x3 = sum(r.params_before for r in report.values())
+    tt_3x3 = sum(r.params_after for r in report.values())
+    assert (dense_3x3, tt_3x3) == (10_985_472, 3_702_023)
+
+
+def test_tt_resnet18_uncapped_has_4_448_479_parameters():
+    with torch.device("meta"):
+        model = tt_resnet18(cap_ranks=False)
     count = sum(p.numel() for p in model.parameters())
     assert count == 4_448_479
+    report = sum(r.params_after for r in model.compression_report)
+    assert report == 3_744_439  # Table 9's share of the 3x3 conv weights: 34.1%
     tt = {n: m for n, m in model.named_modules() if isinstance(m, TTConv2d)}
     assert list(tt) == list(TT_RESNET18_RANKS) == [g.name for g in core_groups(model)]
     u, m, v = tt["layer3.0.conv1"].factors  # r1 = 200 on the Cout side, r2 = 150 on Cin's
@@ -123,7 +171,10 @@ def test_tt_resnet18_has_the_papers_4_4m_parameters():
                           for n, (r1, r2) in TT_RESNET18_RANKS.items())
     assert swapped == 4_407_519  # the other reading of Table 9's [1, r1, r2, 1]
     with torch.device("meta"):
-        assert sum(p.numel() for p in torchvision.models.resnet18().parameters()) == 11_689_512
+        dense = torchvision.models.resnet18()
+        assert sum(p.numel() for p in dense.parameters()) == 11_689_512
+        # the paper's "11.2M": ResNet-18 without its fc layer
+        assert sum(p.numel() for n, p in dense.named_parameters() if "fc" not in n) == 11_176_512
         assert tt_resnet18(num_classes=10).fc.out_features == 10
 
 
@@ -132,7 +183,7 @@ def test_tt_resnet18_loads_the_weights_it_is_asked_for(monkeypatch, tmp_path):
     build = torchvision.models.resnet18
     monkeypatch.setattr(torchvision.models, "resnet18",
                         lambda weights: asked.append(weights) or build())
-    monkeypatch.setattr(tc, "compress", lambda model, ranks: [])
+    monkeypatch.setattr(tc, "compress", lambda model, ranks, cap: [])
     for pretrained in (True, "IMAGENET1K_V1", False):
         tt_resnet18(pretrained)
     assert asked == ["IMAGENET1K_V1", "IMAGENET1K_V1", None]

@@ -3,6 +3,7 @@ exactly that method over exactly that base, an experiment's per-method values re
 method, bad values fail in one line, the configs ship in the package, and every command the
 README shows runs."""
 
+import json
 import os
 import re
 import shlex
@@ -173,6 +174,7 @@ def _cli(*args, cwd=ROOT, env=None):
     (["optimizer=das", "optimizer.normalization=both"], "normalization"),
     (["+optimizer.rhoo=0.1"], "rhoo"),
     (["optimizer=das", "optimizer.alpha=abc"], "optimizer.alpha"),
+    (["optimizer=das", "optimizer.alpha=nan"], "optimizer.alpha=nan must be finite"),
     (["steps=abc"], "steps"),
     (["model.rank=0"], "model.rank"),
     (["objective=foo"], "objective"),
@@ -193,6 +195,25 @@ def test_divergence_exits_non_zero_in_one_line(tmp_path):
     assert out.returncode == 3
     assert re.fullmatch(r"tensam: the training loss is \S+ at step \d+: the run diverged .*",
                         out.stderr.strip())
+
+
+def test_a_diverged_job_of_a_local_multirun_does_not_kill_its_neighbour(tmp_path):
+    """Under hydra/launcher=local (joblib processes) a diverging job crashed the grid with
+    BrokenProcessPool (its DivergenceError did not unpickle) and killed the healthy job beside
+    it; a rerun crashed again. A diverged run is a result: its summary says so, the grid goes
+    on, a rerun returns both results without training."""
+    args = ["-m", "hydra/launcher=local", "experiment=blobs", "epochs=1", "logger=disabled",
+            "threads=1", "optimizer.base.lr=1e6,0.05", f"hydra.sweep.dir={tmp_path}"]
+    for attempt in range(2):
+        out = _cli(*args, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "BrokenProcessPool" not in out.stderr
+        assert re.search(r"tensam: the training loss is nan at step \d+: the run diverged",
+                         out.stderr)
+        status = {p.parent.name.split("optimizer.base.lr=")[1].split(",")[0]:
+                  json.loads(p.read_text())["status"] for p in tmp_path.glob("*/summary.json")}
+        assert status == {"1000000.0": "diverged", "0.05": "finished"}, attempt
+    assert "already holds this run's summary" in out.stderr
 
 
 def test_train_py_runs_its_own_clone_not_an_installed_one(tmp_path):

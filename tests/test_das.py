@@ -48,7 +48,7 @@ def test_float64_scale_factors_are_float64_accurate():
     model = TwoTucker()
     das = DAS(_two_lr_sgd(model), core_groups(model), alpha=0.02)
     backward(model)
-    expected = _hand_lambdas(model, 0.02, "layer", lrs=[0.1, 0.03])
+    expected = _hand_lambdas(model, 0.02, "global", lrs=[0.1, 0.03])  # the default
     torch.testing.assert_close(das.scale_factors(), expected, rtol=1e-12, atol=0)
 
 
@@ -88,7 +88,8 @@ def test_sgd_step_equals_scaled_cores_minus_gradient_step():
 
 def test_eta_is_the_current_learning_rate():
     model = TwoTucker(seed=1)
-    das = DAS(torch.optim.SGD(model.parameters(), lr=0.1), core_groups(model), alpha=0.05)
+    das = DAS(torch.optim.SGD(model.parameters(), lr=0.1), core_groups(model), alpha=0.05,
+              normalization="layer")
     scheduler = torch.optim.lr_scheduler.StepLR(das, step_size=1, gamma=0.1)
     backward(model)
     before = das.scale_factors()
@@ -120,7 +121,8 @@ def test_alpha_zero_is_the_base_optimizer_bitwise():
 def test_zero_norm_core_gets_lambda_zero_and_others_still_scale():
     model = WithLoRA()
     lr, alpha = 0.1, 0.05
-    das = DAS(torch.optim.SGD(model.parameters(), lr=lr), core_groups(model), alpha=alpha)
+    das = DAS(torch.optim.SGD(model.parameters(), lr=lr), core_groups(model), alpha=alpha,
+              normalization="layer")
     names = [g.name for g in das.index.groups]
     assert names == ["tucker.a", "tucker.b", "lora"]
     B, A = model.lora.B, model.lora.A
@@ -198,7 +200,7 @@ def test_linear_alpha_schedule_reaches_zero_at_total_steps():
     assert scheduled(0.2, "constant", 15, 10) == 0.2
     model, alpha, total = TwoTucker(seed=3), 0.05, 4
     das = DAS(torch.optim.SGD(model.parameters(), lr=0.1), core_groups(model), alpha=alpha,
-              alpha_schedule="linear", total_steps=total)
+              alpha_schedule="linear", total_steps=total, normalization="layer")
     for t in range(total + 1):
         backward(model)
         expected = _hand_lambdas(model, alpha * (1 - t / total), "layer", [0.1] * 2)

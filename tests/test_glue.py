@@ -15,7 +15,12 @@ from omegaconf import OmegaConf
 pytest.importorskip("transformers")
 
 from tensam.tasks import GlueFewShot, build_task  # noqa: E402
-from tensam.tasks.glue import GLUE, few_shot_indices, read_glue  # noqa: E402
+from tensam.tasks.glue import (  # noqa: E402
+    GLUE,
+    capped_test_indices,
+    few_shot_indices,
+    read_glue,
+)
 from tensam.train import CONFIG_DIR, run  # noqa: E402
 
 #: the development copy of GLUE's SST-2 and RTE TSVs (tests that read it skip without it)
@@ -60,6 +65,43 @@ def test_dev_is_capped_and_label_names_are_read(tmp_path):
     info = task.info()
     assert (info["n_train"], info["n_val"], info["n_test"]) == (8, 8, 1000)
     assert task.model_inputs() == {"num_labels": 2}
+
+
+def test_the_capped_test_set_is_mezos_seed_42_draw_for_every_data_seed(tmp_path):
+    """MeZO's generate_k_shot_data.py (k-shot-1k-test) cuts a test set above 1,000 once, seeded
+    42, for all data seeds: np.random.seed(42) + shuffle of the TSV lines, or pandas'
+    sample(n=1000, random_state=42) of the CSVs, both RandomState(42).permutation(n)[:1000]."""
+    n = 1200
+    rows = [[f"sentence number {i} .", i % 2] for i in range(n)]
+    _write(tmp_path / "SST-2", ["sentence", "label"], rows)
+    expected = np.random.RandomState(42).permutation(n)[:1000]
+    assert np.array_equal(capped_test_indices(n, 1000), expected)
+    assert np.array_equal(capped_test_indices(872, 1000), np.arange(872))  # SST-2's dev: all
+    saved = np.random.get_state()
+    try:  # the reference's own calls draw the same examples in the same order
+        lines = list(range(n))
+        np.random.seed(42)
+        np.random.shuffle(lines)
+    finally:
+        np.random.set_state(saved)
+    assert lines[:1000] == expected.tolist()
+    pandas = pytest.importorskip("pandas")
+    sample = pandas.DataFrame({"i": range(n)}).sample(n=1000, random_state=42)
+    assert sample["i"].tolist() == expected.tolist()
+
+    tasks = {seed: _task("sst2", tmp_path, data_seed=seed, max_length=16) for seed in (13, 21)}
+    first, second = (t.splits["test"] for t in tasks.values())
+    assert all(torch.equal(first[k], second[k]) for k in first)  # the same for both data seeds
+    want = tasks[13].encode([[rows[i][0] for i in expected]])
+    assert torch.equal(first["input_ids"], want["input_ids"])
+    assert first["labels"].tolist() == [rows[i][1] for i in expected]
+    assert tasks[13].info()["test_seed"] == 42
+    # test_seed=null: the data seed draws it (the subsets differ between data seeds)
+    own = [_task("sst2", tmp_path, data_seed=s, max_length=16, test_seed=None).splits["test"]
+           for s in (13, 21)]
+    assert not torch.equal(own[0]["labels"], own[1]["labels"])
+    with pytest.raises(ValueError, match="task.test_seed=-1"):
+        _task("sst2", tmp_path, test_seed=-1)
 
 
 def test_bad_settings_fail_when_the_task_is_built(tmp_path):
@@ -114,6 +156,10 @@ def test_flora_on_minilm_trains_end_to_end(tmp_path):
     q = [k for k in summary if k.startswith("norm/network.") and k.endswith("/Q")]
     assert len(q) == 12  # one core group per adapted query/value of the 6 layers
     assert summary["primary_metric"] == "val_accuracy"
+    # FLoRA r 8 on 384 x 384: A, B (384 x 8) and G (8 x 8) per matrix; the head 384 x 2 + 2
+    adapters = 12 * (2 * 384 * 8 + 8 * 8)
+    info = summary["model_info"]
+    assert (info["adapter_parameters"], info["trainable"]) == (adapters, adapters + 770)
 
 
 # --- SST-5, MNLI, SNLI, TREC and the masked-LM prompt path (LM-BFF / MeZO) ---------------------
@@ -360,6 +406,74 @@ def test_every_glue_task_config_composes_and_builds(config, monkeypatch):
             assert task.name == config.removeprefix("glue_") and task.k == 512
             assert task.prompt is (prompt == "true") and task.data_dir is None
             assert task.tokenizer == OmegaConf.to_container(cfg.model)["pretrained"]
+            assert task.test_seed == 42  # MeZO's k-shot-1k-test
     assert {"glue_sst2", "glue_sst5", "glue_rte", "glue_mnli", "glue_snli",
             "glue_trec"} <= set(TASK_CONFIGS)
     assert OmegaConf.load(Path(CONFIG_DIR) / "task" / f"{config}.yaml").prompt is False
+
+
+# --- without TENSAM_GLUE and without the hub: one line, before datasets' retries --------------
+
+class _NoHub:
+    """huggingface_hub's HTTP session on a machine that reaches no hub."""
+
+    calls = 0
+
+    def head(self, url, timeout):
+        _NoHub.calls += 1
+        assert timeout <= 10
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+
+def _no_hub(monkeypatch):
+    import huggingface_hub.utils
+
+    datasets = pytest.importorskip("datasets")
+    for key in ("TENSAM_GLUE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(huggingface_hub.utils, "get_session", _NoHub)
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda *a, **k: pytest.fail("datasets.load_dataset (and its retries) ran"))
+
+
+def test_a_run_without_tensam_glue_or_hub_fails_in_one_line_naming_them(tmp_path, monkeypatch):
+    from tensam.config import ConfigError
+
+    _no_hub(monkeypatch)
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=glue_minilm", "task=glue_sst2", "steps=2",
+                                          "logger=disabled", "threads=1"])
+    with pytest.raises(ConfigError) as err:
+        run(cfg, tmp_path / "run")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("task.data_dir is unset (TENSAM_GLUE)")
+    assert "(ConnectionError: [Errno -2] Name or service not known)" in message
+    assert "set TENSAM_GLUE to a folder holding SST-2/train.tsv and SST-2/dev.tsv (GLUE's TSVs" \
+        in message and "HF_DATASETS_OFFLINE=1" in message
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    with pytest.raises(ValueError, match=r"holding sst-5/train.csv and sst-5/test.csv \(LM-BFF"):
+        GlueFewShot("sst5").steps_per_epoch  # noqa: B018
+    # HF_DATASETS_OFFLINE=1: datasets reads its cache; the hub is not asked
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    calls = _NoHub.calls
+    assert GlueFewShot("sst2").steps_per_epoch == 2 * 16 // 16 and _NoHub.calls == calls
+
+
+def test_the_cli_reports_an_unreachable_hub_in_one_line(tmp_path):
+    """train.py on a machine whose hub refuses at once (a closed local port; no network)."""
+    import subprocess
+    import sys
+
+    proxies = ("http_proxy", "https_proxy", "all_proxy")
+    env = {k: v for k, v in os.environ.items() if k.lower() not in proxies
+           and k not in ("TENSAM_GLUE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "train.py"), "experiment=glue_minilm",
+                          "logger=disabled", f"hydra.run.dir={tmp_path}"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 2, out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("tensam: configuration error: task.data_dir is unset "
+                               "(TENSAM_GLUE) and the Hugging Face hub cannot be reached")

@@ -21,10 +21,17 @@ APP = """\
 import hydra
 
 
+class TwoArgumentError(Exception):  # does not unpickle: a joblib worker's result is lost
+    def __init__(self, step, loss):
+        super().__init__(f"loss {loss} at step {step}")
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg):
     if cfg.x == 3:
-        raise FloatingPointError("loss is nan at step 1")  # as train.py does on divergence
+        raise FloatingPointError("loss is nan at step 1")  # any error of a job
+    if cfg.x == 7:
+        raise TwoArgumentError(1, float("nan"))
     return float("nan") if cfg.x == 4 else float(cfg.x * cfg.steps)
 
 
@@ -55,10 +62,10 @@ def app(tmp_path):
     (conf / "task" / "denoise.yaml").write_text("_target_: tensam.tasks.Tucker2Denoise\n")
     (tmp_path / "app.py").write_text(APP)
 
-    def run(*overrides):
+    def run(*overrides, ok=True):
         out = subprocess.run([sys.executable, "app.py", "-m", *overrides], cwd=tmp_path,
                              capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stdout + out.stderr
+        assert (out.returncode == 0) == ok, out.stdout + out.stderr
         return out.stdout + out.stderr
 
     run.storage = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -138,3 +145,17 @@ def test_study_is_keyed_by_fixed_settings_and_direction_follows_the_task(app):
     assert len(by_name) == 3 and all(name.startswith("tiny-") for name in by_name)
     assert sorted((s.direction.name, s.best_value) for s in by_name.values()) == [
         ("MAXIMIZE", 1.0), ("MAXIMIZE", 2.0), ("MINIMIZE", 1.0)]
+
+
+def test_a_failing_launcher_leaves_no_trial_running(app):
+    """A job whose result cannot come back from a joblib worker (an exception that does not
+    unpickle) breaks the launcher itself; its trial stayed RUNNING. It is closed as FAIL and
+    queued again, so the next sweep reruns it."""
+    out = app("x=choice(1, 7)", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", ok=False)
+    assert "BrokenProcessPool" in out
+    trials = only_study(app).trials
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert [(t.params.get("x"), t.state) for t in trials] == [
+        (1, TrialState.COMPLETE), (7, TrialState.FAIL), (None, TrialState.WAITING)]
+    assert trials[2].system_attrs["fixed_params"] == {"x": 7}
+    assert trials[2].user_attrs["retry_of"] == trials[1].number

@@ -4,6 +4,7 @@ errors, and the loop's seams (loaders, schedulers, BatchNorm under SAM, accumula
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -152,6 +153,46 @@ def test_a_finished_run_is_not_trained_again_but_other_settings_are_refused(tmp_
     assert again["steps"] == 30 and [r["step"] for r in _records(tmp_path)] == [0, 30]
 
 
+def test_a_refusal_of_many_keys_names_the_method_and_seed_first(tmp_path):
+    """The refusal listed six keys alphabetically (model.seed, optimizer.adaptive, ...) and hid
+    optimizer.method and seed behind '...'."""
+    run(_cfg("steps=10", "checkpoint_every=5", "optimizer=sam"), tmp_path)
+    (tmp_path / "summary.json").unlink()
+    with pytest.raises(CheckpointError) as err:
+        run(_cfg("steps=10", "checkpoint_every=5", "optimizer=das", "seed=3"), tmp_path)
+    message = str(err.value)
+    assert "other settings (optimizer.method: 'sam' -> 'das'; seed: 0 -> 3; " in message
+    assert re.search(r"; \.\.\. \d+ more\)", message) and len(message.splitlines()) == 1
+
+
+def _as_if_processes(monkeypatch, n):
+    """Run as if torchrun had started ``n`` processes (rank 0, no real process group)."""
+    from tensam import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", str(n))  # what torchrun sets
+    monkeypatch.setattr(distributed, "init_from_env", lambda: (0, n))
+
+
+def test_a_run_of_another_world_size_is_refused_naming_it(tmp_path, monkeypatch):
+    """A one-process checkpoint resumed under torchrun --nproc_per_node=2 silently (another
+    global batch), and a finished one-process summary was returned to a 2-process run."""
+    cfg = _cfg("steps=20", "checkpoint_every=10")
+    first = run(cfg, tmp_path)
+    with monkeypatch.context() as m:
+        _as_if_processes(m, 2)
+        with pytest.raises(CheckpointError, match=r"summary\.json .*world_size: 1 -> 2"):
+            run(cfg, tmp_path)
+        (tmp_path / "summary.json").unlink()  # as if killed after the last checkpoint
+        with pytest.raises(CheckpointError, match=r"checkpoint\.pt .*world_size: 1 -> 2"):
+            run(cfg, tmp_path)
+        two = run(cfg, tmp_path / "two")
+        assert two["settings"]["world_size"] == 2 and two["fingerprint"] != first["fingerprint"]
+    # and back: what two processes wrote is refused to one; one process keeps its old identity
+    with pytest.raises(CheckpointError, match=r"world_size: 2 -> 1"):
+        run(cfg, tmp_path / "two")
+    assert "world_size" not in first["settings"]
+
+
 def test_checkpoint_every_zero_does_not_load_a_checkpoint_of_another_run(tmp_path):
     run(_cfg("steps=20", "checkpoint_every=10", "seed=1"), tmp_path)
     (tmp_path / "summary.json").unlink()
@@ -167,6 +208,46 @@ def test_a_damaged_checkpoint_gets_one_line_naming_the_file(tmp_path, content):
     message = str(err.value)
     assert str(tmp_path / "checkpoint.pt") in message and len(message.splitlines()) == 1
     assert "resume=never" in message
+
+
+def test_a_failed_checkpoint_write_keeps_the_old_one_and_leaves_no_temporary_file(
+        tmp_path, monkeypatch):
+    """A write that failed (a full disk) left a partial .checkpoint.pt.tmp behind."""
+    import resource
+    import signal
+
+    from tensam import training
+
+    _, model = covid(rank=(4, 3, 4))
+    opt = build_optimizer({"method": "none", "base": {"name": "sgd", "lr": 0.1}}, model)
+    path = tmp_path / "checkpoint.pt"
+    training.save_checkpoint(path, model, opt, training.State(step=10))
+    before = path.read_bytes()
+
+    def left():
+        assert path.read_bytes() == before and read_checkpoint(path)["step"] == 10
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+    # a full disk: past RLIMIT_FSIZE a write fails with EFBIG (SIGXFSZ ignored)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100, hard))
+    try:
+        with pytest.raises(OSError):
+            training.save_checkpoint(path, model, opt, training.State(step=20))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    left()
+
+    def failing_save(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise RuntimeError("torch.save failed")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(RuntimeError, match="torch.save failed"):
+        training.save_checkpoint(path, model, opt, training.State(step=20))
+    left()
 
 
 def test_resume_must_needs_a_checkpoint(tmp_path):
@@ -189,6 +270,34 @@ def test_divergence_stops_the_run_with_a_valid_summary(tmp_path):
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
+def test_every_tensam_exception_survives_pickle():
+    """Exceptions cross process boundaries (the joblib launcher's workers): DivergenceError's
+    two-argument __init__ did not unpickle, and the whole grid died with BrokenProcessPool."""
+    import pickle
+    import re
+    from pathlib import Path
+
+    import tensam
+    from tensam.reports import MixedSettingsError
+
+    errors = [ConfigError("optimizer.alpha=nan must be finite"),
+              CheckpointError("checkpoint.pt was written by a run with other settings"),
+              MixedSettingsError("the DAS cell mixes runs of different settings (steps: ...)"),
+              DivergenceError(7, float("nan"))]
+    for err in errors:
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err)
+        assert set(vars(back)) == set(vars(err))
+        assert {k: v for k, v in vars(back).items() if k != "loss"} == \
+            {k: v for k, v in vars(err).items() if k != "loss"}  # NaN != NaN
+    back = pickle.loads(pickle.dumps(errors[-1]))
+    assert back.step == 7 and math.isnan(back.loss)
+    # every exception class tensam defines is among those checked here
+    source = "\n".join(p.read_text() for p in Path(tensam.__file__).parent.rglob("*.py"))
+    defined = set(re.findall(r"^\s*class (\w+)\([\w.]*(?:Error|Exception)\)", source, re.M))
+    assert defined == {type(e).__name__ for e in errors}
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["optimizer.method=lion"], r"optimizer.method='lion' is not one of"),
     (["optimizer=sam", "optimizer.rho=-0.1"], r"rho must be > 0, got -0\.1"),
@@ -209,11 +318,41 @@ def test_divergence_stops_the_run_with_a_valid_summary(tmp_path):
     (["precision=fp16"], r"precision='fp16' is not one of"),
     (["scheduler=step", "scheduler.warmup_steps=50", "steps=10"], r"scheduler.warmup_steps=50"),
     (["experiment=table1", "optimizer=sgd"], r"optimizer=sgd trains sgd alone"),
+    # non-finite hyperparameters trained and then "diverged" (alpha, rho=inf, lr=inf, eta) or
+    # trained silently (DAS's eps=nan); each is refused before any work, naming the key
+    (["optimizer=das", "optimizer.alpha=nan"], r"^optimizer\.alpha=nan must be finite"),
+    (["optimizer=das", "optimizer.alpha=inf"], r"^optimizer\.alpha=inf must be finite"),
+    (["optimizer=das", "optimizer.eps=nan"], r"^optimizer\.eps=nan must be finite"),
+    (["optimizer=obar", "optimizer.alpha=-inf"], r"^optimizer\.alpha=-inf must be finite"),
+    (["optimizer=sam", "optimizer.rho=inf"], r"^optimizer\.rho=inf must be finite"),
+    (["optimizer=asam", "optimizer.eta=nan"], r"^optimizer\.eta=nan must be finite"),
+    (["optimizer=nusam", "optimizer.rho=nan"], r"^optimizer\.rho=nan must be finite"),
+    (["optimizer.base.lr=inf"], r"^optimizer\.base\.lr=inf must be finite"),
+    (["optimizer.base.weight_decay=nan"], r"^optimizer\.base\.weight_decay=nan must be finite"),
+    (["grad_clip=nan"], r"^grad_clip=nan must be a finite number > 0"),
 ])
 def test_bad_configs_raise_before_anything_is_written(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         run(_cfg("steps=5", *overrides), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("device, message", [
+    ("cuda", r"^device='cuda' but torch sees no CUDA GPU .*use device=auto or device=cpu$"),
+    ("cuda:1", r"^device='cuda:1' but torch sees no CUDA GPU"),
+])
+def test_a_cuda_device_without_a_gpu_is_a_configuration_error(tmp_path, monkeypatch, device,
+                                                              message):
+    """device=cuda on a machine without a GPU crashed inside torch ("Found no NVIDIA driver on
+    your system") with a traceback, after the run directory was set up."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=message) as err:
+        run(_cfg("steps=5", f"device={device}"), tmp_path / "run")
+    assert len(str(err.value).splitlines()) == 1 and not (tmp_path / "run").exists()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"^device='cuda:3' but torch sees 1 CUDA GPU"):
+        run(_cfg("steps=5", "device=cuda:3"), tmp_path / "run")
 
 
 def test_a_runtime_value_error_is_not_called_a_configuration_error(tmp_path, monkeypatch):
@@ -410,3 +549,56 @@ def test_each_rank_gets_its_own_shard_and_each_epoch_a_new_order():
     assert len(shards[0]) == len(shards[1]) == 6 * 8 and not set(shards[0]) & set(shards[1])
     assert task.epoch_indices(1) != task.epoch_indices(0)  # set_epoch reshuffles
     assert task.epoch_indices(1) == task.epoch_indices(1)  # seeded
+
+
+def _evaluate_restored(cfg, path):
+    """The metrics of the model of ``cfg`` restored by hand from the checkpoint at ``path``."""
+    from omegaconf import OmegaConf
+
+    from tensam.tasks import build_model, build_task
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    task = build_task(container["task"])
+    model = build_model(container["model"], task)
+    model.load_state_dict(read_checkpoint(path)["model"])
+    model.eval()
+    with torch.no_grad():
+        return task.evaluate(model)
+
+
+def test_the_summary_reports_every_metric_of_the_best_evaluation(tmp_path):
+    """LM-BFF / MeZO / the HF Trainer report the scores of the checkpoint with the best
+    validation objective: the summary's best/* are the metrics of the evaluation with the best
+    objective (strictly better: the first of equals), i.e. of the model restored from best.pt,
+    and the top-level metrics stay the final evaluation's."""
+    cfg = _cfg("experiment=blobs", "epochs=4", "checkpoint_every=0", "objective=loss",
+               "optimizer.base.lr=0.2")
+    summary = run(cfg, tmp_path)
+    evals = [r for r in _records(tmp_path) if "eval/loss" in r][:-1]  # the last: the final one
+    assert [r["step"] for r in evals] == [15, 31, 47, 63]  # logged at the step before done
+    first_best = min(range(len(evals)), key=lambda i: (evals[i]["eval/loss"], i))
+    assert summary["best/step"] == 16 * (first_best + 1)
+    assert summary["best/loss"] == evals[first_best]["eval/loss"]
+    by_hand = _evaluate_restored(cfg, tmp_path / "best.pt")
+    assert read_checkpoint(tmp_path / "best.pt")["step"] == summary["best/step"]
+    for key in ("accuracy", "top5", "loss"):
+        assert summary[f"best/{key}"] == pytest.approx(by_hand[key], rel=1e-6, abs=1e-9)
+        assert summary[f"best/{key}"] == evals[first_best][f"eval/{key}"]
+    assert summary["accuracy"] == _records(tmp_path)[-1]["eval/accuracy"]  # the final one
+
+
+def test_best_evaluation_needs_no_best_pt_and_survives_a_resume(tmp_path, monkeypatch):
+    """Without keep_best the best evaluation is still reported (best.pt is not written), and a
+    run killed after a checkpoint and resumed reports the same best evaluation."""
+    cfg = _cfg("experiment=blobs", "epochs=3", "checkpoint_every=24", "keep_best=false",
+               "objective=loss")
+    whole = run(cfg, tmp_path / "whole")
+    assert not (tmp_path / "whole" / "best.pt").exists()
+    assert whole["best/step"] in (16, 32, 48) and "best/accuracy" in whole
+    _killed_after_checkpoint(monkeypatch, cfg, tmp_path / "split", 24)
+    split = run(cfg, tmp_path / "split")
+    best = {k: v for k, v in whole.items() if k.startswith("best/")}
+    assert {k: v for k, v in split.items() if k.startswith("best/")} == best
+    no_evals = run(_cfg("experiment=blobs", "epochs=1", "eval_every=0", "keep_best=false"),
+                   tmp_path / "final")
+    assert not any(k.startswith("best/") for k in no_evals)

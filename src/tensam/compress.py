@@ -16,10 +16,12 @@ per layer, the parameters before/after and the relative error ||W - W_tt||_F / |
 TT-ResNet-18 (:func:`tt_resnet18`): torchvision's ResNet-18 with the sixteen 3x3 convolutions
 of layer1-layer4 in TT with the ranks of Table 9 (:data:`TT_RESNET18_RANKS`); the stem conv,
 the 1x1 downsample convs, BatchNorm and fc stay dense. Table 9 writes TT-ranks [1, r1, r2, 1]
-and r1 is the bond on the Cout side: cores (Cout, r1), (r1, 9, r2), (r2, Cin) give exactly
-4,448,479 parameters (the paper's 4.4M; dense ResNet-18: 11,689,512), whereas the reverse
-order, (Cout, r2), (r2, 9, r1), (r1, Cin), gives 4,407,519. One rank of the table exceeds what
-its unfolding can hold: layer3.0.conv1 has r2 = 150 > Cin = 128 (see :func:`tt_svd`).
+and r1 is the bond on the Cout side: cores (Cout, r1), (r1, 9, r2), (r2, Cin). One rank of the
+table exceeds what its unfolding can hold: layer3.0.conv1 has r2 = 150 > Cin = 128. TT-SVD as
+tensorly and Yin et al.'s ``ten2tt`` compute it caps that rank at 128 (the default, 4,406,063
+parameters); ``cap_ranks=False`` keeps 150 (4,448,479; see :func:`tt_svd`). Both round to the
+paper's "4.4M" (dense ResNet-18: 11,689,512, or 11,176,512 without its fc layer, the paper's
+"11.2M"); the reverse order (Cout, r2), (r2, 9, r1), (r1, Cin) gives 4,407,519 uncapped.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ class LayerReport:
     rel_error: float
 
 
-def tt_svd(tensor: torch.Tensor, ranks: Sequence[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
+def tt_svd(tensor: torch.Tensor, ranks: Sequence[int],
+           cap: bool = True) -> tuple[list[torch.Tensor], torch.Tensor]:
     """TT-SVD (Oseledets, 2011, Algorithm 1) of a d-way tensor, TT-ranks (1, r_1, ..., r_{d-1}, 1).
 
     Returns the cores G_k (r_{k-1}, n_k, r_k) and the energies delta_k^2 discarded at the d - 1
@@ -79,9 +82,13 @@ def tt_svd(tensor: torch.Tensor, ranks: Sequence[int]) -> tuple[list[torch.Tenso
         ||W - W_tt||_F^2 = sum_k delta_k^2  <=  sum_k eps_k^2,
 
     eps_k^2 the energy beyond rank r_k of the k-th unfolding of W itself (Oseledets' Theorem 2.2;
-    equality for d = 2, where TT-SVD is the truncated SVD). A rank above min of the matrix's
-    sides (Table 9's r2 = 150 at layer3.0.conv1, Cin = 128) takes further left singular vectors
-    from the full SVD, whose singular values are zero: the product is unchanged, the core stays
+    equality for d = 2, where TT-SVD is the truncated SVD).
+
+    ``cap=True`` (tensorly's ``tensor_train`` and Yin et al.'s ``ten2tt``): a rank above the
+    rank the carried matrix can have is lowered to min(rows, columns), and the later steps use
+    the lowered rank; Table 9's r2 = 150 at layer3.0.conv1 (Cin = 128) becomes 128.
+    ``cap=False`` keeps the requested rank: the further left singular vectors come from the
+    full SVD, whose singular values are zero, so the product is unchanged, the core stays
     left-orthonormal, and the new bond slices are not zero on both sides of the bond (a
     stationary point that training would never leave); only columns beyond the matrix's row
     count are zero.
@@ -94,6 +101,7 @@ def tt_svd(tensor: torch.Tensor, ranks: Sequence[int]) -> tuple[list[torch.Tenso
     carry, r_prev = tensor, 1
     for n, r in zip(shape[:-1], map(int, ranks), strict=True):
         mat = carry.reshape(r_prev * n, -1)
+        r = min(r, *mat.shape) if cap else r
         u, s, vh = torch.linalg.svd(mat, full_matrices=r > min(mat.shape))
         discarded.append(s[r:].square().sum())
         s = s[:r]
@@ -104,7 +112,8 @@ def tt_svd(tensor: torch.Tensor, ranks: Sequence[int]) -> tuple[list[torch.Tenso
     return cores, torch.stack(discarded)
 
 
-def _conv_to_tt(conv: nn.Conv2d, ranks: Sequence[int]) -> tuple[TTConv2d, torch.Tensor]:
+def _conv_to_tt(conv: nn.Conv2d, ranks: Sequence[int],
+                cap: bool) -> tuple[TTConv2d, torch.Tensor]:
     """The TTConv2d of ``conv``'s TT-SVD over (Cout, K^2, Cin), and its rebuilt kernel."""
     k, stride, padding = conv.kernel_size, conv.stride, conv.padding
     if (conv.groups != 1 or conv.dilation != (1, 1) or k[0] != k[1] or stride[0] != stride[1]
@@ -114,8 +123,10 @@ def _conv_to_tt(conv: nn.Conv2d, ranks: Sequence[int]) -> tuple[TTConv2d, torch.
                          f"groups or dilation; got {conv}")
     w = conv.weight.detach()
     cout, cin = w.shape[:2]
-    (u, m, v), _ = tt_svd(w.double().permute(0, 2, 3, 1).reshape(cout, k[0] ** 2, cin), ranks)
-    layer = TTConv2d(cin, cout, k[0], tuple(ranks), stride=stride[0], padding=padding[0],
+    (u, m, v), _ = tt_svd(w.double().permute(0, 2, 3, 1).reshape(cout, k[0] ** 2, cin), ranks,
+                          cap)
+    layer = TTConv2d(cin, cout, k[0], (m.shape[0], m.shape[2]), stride=stride[0],
+                     padding=padding[0],
                      bias=conv.bias is not None).to(w.device, w.dtype)
     with torch.no_grad():
         cores = (u.reshape(cout, -1), m, v.reshape(-1, cin))
@@ -124,11 +135,12 @@ def _conv_to_tt(conv: nn.Conv2d, ranks: Sequence[int]) -> tuple[TTConv2d, torch.
     return layer, layer.kernel()
 
 
-def _linear_to_tt(linear: nn.Linear, ranks: Sequence[int]) -> tuple[CPLinear, torch.Tensor]:
+def _linear_to_tt(linear: nn.Linear, ranks: Sequence[int],
+                  cap: bool) -> tuple[CPLinear, torch.Tensor]:
     """The rank-r CPLinear W = A B^T of ``linear``'s truncated SVD, and its rebuilt weight."""
     w = linear.weight.detach()
-    (a, b), _ = tt_svd(w.double(), ranks)
-    layer = CPLinear((w.shape[1],), (w.shape[0],), ranks[0],
+    (a, b), _ = tt_svd(w.double(), ranks, cap)
+    layer = CPLinear((w.shape[1],), (w.shape[0],), a.shape[2],
                      bias=linear.bias is not None).to(w.device, w.dtype)
     with torch.no_grad():
         layer.factors[0].copy_(a.reshape(w.shape[0], -1))
@@ -136,16 +148,19 @@ def _linear_to_tt(linear: nn.Linear, ranks: Sequence[int]) -> tuple[CPLinear, to
     return layer, layer.weight_matrix()
 
 
-def tensorize(layer: nn.Module, ranks: int | Sequence[int],
-              name: str = "") -> tuple[nn.Module, LayerReport]:
+def tensorize(layer: nn.Module, ranks: int | Sequence[int], name: str = "",
+              cap: bool = True) -> tuple[nn.Module, LayerReport]:
     """``layer`` (``nn.Conv2d``: ranks (r1, r2) or r = r1 = r2; ``nn.Linear``: rank r) as a
-    TTConv2d / CPLinear initialised by TT-SVD, with its bias, and the :class:`LayerReport`."""
+    TTConv2d / CPLinear initialised by TT-SVD (``cap``: see :func:`tt_svd`), with its bias,
+    and the :class:`LayerReport` (with the ranks the layer got)."""
     if isinstance(layer, nn.Conv2d):
         ranks = (ranks, ranks) if isinstance(ranks, int) else tuple(ranks)
-        new, w_tt = _conv_to_tt(layer, ranks)
+        new, w_tt = _conv_to_tt(layer, ranks, cap)
+        ranks = tuple(new.rank)
     elif isinstance(layer, nn.Linear):
         ranks = (ranks,) if isinstance(ranks, int) else tuple(ranks)
-        new, w_tt = _linear_to_tt(layer, ranks)
+        new, w_tt = _linear_to_tt(layer, ranks, cap)
+        ranks = (new.rank,)
     else:
         raise ValueError(f"'{name}' is a {type(layer).__name__}: only nn.Conv2d and nn.Linear "
                          "are compressed")
@@ -159,17 +174,19 @@ def tensorize(layer: nn.Module, ranks: int | Sequence[int],
     return new, LayerReport(name, ranks, before, after, error)
 
 
-def compress(model: nn.Module, ranks: Mapping[str, int | Sequence[int]]) -> list[LayerReport]:
+def compress(model: nn.Module, ranks: Mapping[str, int | Sequence[int]],
+             cap: bool = True) -> list[LayerReport]:
     """Replace, in place, each layer named in ``ranks`` (``named_modules`` names) by its TT-SVD
-    (:func:`tensorize`); log and return the per-layer reports. Names that are not Conv2d/Linear
-    modules of ``model`` raise a ValueError naming them, before anything is replaced."""
+    (:func:`tensorize`, ``cap`` as :func:`tt_svd`); log and return the per-layer reports. Names
+    that are not Conv2d/Linear modules of ``model`` raise a ValueError naming them, before
+    anything is replaced."""
     modules = dict(model.named_modules())
     unknown = [n for n in ranks if not isinstance(modules.get(n), (nn.Conv2d, nn.Linear))]
     if unknown:
         raise ValueError(f"no nn.Conv2d or nn.Linear named {unknown} in {type(model).__name__}")
     reports = []
     for name, rank in ranks.items():
-        new, report = tensorize(modules[name], rank, name)
+        new, report = tensorize(modules[name], rank, name, cap)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, new)
         log.info("%s: TT-ranks %s, %d -> %d parameters, relative error %.4f", name,
@@ -179,9 +196,10 @@ def compress(model: nn.Module, ranks: Mapping[str, int | Sequence[int]]) -> list
 
 
 def tt_resnet18(pretrained: bool | str = False, num_classes: int = 1000,
-                input_shape: Sequence[int] = (3, 224, 224)) -> nn.Module:
+                input_shape: Sequence[int] = (3, 224, 224), cap_ranks: bool = True) -> nn.Module:
     """TT-ResNet-18 of Table 3: torchvision's ResNet-18 compressed by TT-SVD with the ranks of
-    Table 9 (4,448,479 parameters at 1000 classes).
+    Table 9: 4,406,063 parameters at 1000 classes with ``cap_ranks=True`` (tensorly's and Yin et
+    al.'s TT-SVD: layer3.0.conv1's r2 = 150 is capped at Cin = 128), 4,448,479 without.
 
     ``pretrained``: False (torchvision's random init, then TT-SVD), True (``IMAGENET1K_V1``, the
     paper's), a torchvision weights name (e.g. ``"IMAGENET1K_V1"``), or the path of a saved
@@ -199,7 +217,7 @@ def tt_resnet18(pretrained: bool | str = False, num_classes: int = 1000,
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     if num_classes != model.fc.out_features:
         model.fc = nn.Linear(model.fc.in_features, num_classes)
-    model.compression_report = compress(model, TT_RESNET18_RANKS)
+    model.compression_report = compress(model, TT_RESNET18_RANKS, cap=cap_ranks)
     return model
 
 
@@ -237,7 +255,7 @@ def trained_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return ckpt["model"]
 
 
-def compressed_resnet(checkpoint: str | Path, ratio: float = 0.4, depth: int = 20,
+def compressed_resnet(checkpoint: str | Path, ratio: float = 0.341, depth: int = 20,
                       input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10,
                       decay_biases_and_norms: bool = True) -> nn.Module:
     """Table 3's pipeline on a CIFAR ResNet: the dense ResNet of ``depth`` with the trained
@@ -245,8 +263,8 @@ def compressed_resnet(checkpoint: str | Path, ratio: float = 0.4, depth: int = 2
     stages are compressed by TT-SVD into TTConv2d, each with the largest TT-rank
     (:func:`tt_rank_for_ratio`) that keeps at most ``ratio`` of its weights; the first conv,
     BatchNorm (with its running statistics) and fc stay dense, as the stem and fc of TT-ResNet-18
-    do (the paper: 4.4M / 11.2M = 0.40 of the weights). The per-layer reports are logged and kept
-    in ``model.compression_report``.
+    do (Table 9's ranks keep 3,744,439 / 10,985,472 = 0.341 of its 3x3 conv weights). The
+    per-layer reports are logged and kept in ``model.compression_report``.
     """
     from tensam.models.resnet import ResNet
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,11 @@ NOT_TRAJECTORY = ("logger", "log_every", "eval_every", "checkpoint_every", "keep
 #: leaf keys that say where data lives or how it is loaded, not what it is (a run moved to a
 #: machine with other paths still resumes)
 NOT_TRAJECTORY_LEAVES = ("root", "cache_dir", "num_workers")
+#: settings named first when a run directory of other settings is refused: what says most about
+#: which run it is (the rest follow, the optimizer's keys before the others)
+FIRST = ("optimizer.method", "optimizer.base.name", "seed", "steps", "epochs", "world_size",
+         "task._target_", "model._target_", "optimizer.base.lr", "grad_accumulation",
+         "task.batch_size", "precision")
 RESUMES = ("auto", "never", "must")
 PRECISIONS = ("fp32", "bf16")
 PROGRESS = ("auto", True, False)
@@ -53,8 +59,8 @@ def validate(cfg: Mapping[str, Any]) -> None:
     _int(cfg, "threads", 1, optional=True)
     clip = cfg.get("grad_clip")
     if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))
-                             or clip <= 0):
-        raise ConfigError(f"grad_clip={clip!r} must be a number > 0 or null")
+                             or not 0 < clip < math.inf):  # NaN fails the comparison too
+        raise ConfigError(f"grad_clip={clip!r} must be a finite number > 0 or null")
     for key, allowed in (("resume", RESUMES), ("precision", PRECISIONS), ("progress", PROGRESS)):
         if cfg.get(key) not in allowed:
             raise ConfigError(f"{key}={cfg.get(key)!r} is not one of {list(allowed)}"
@@ -88,9 +94,18 @@ def fingerprint(settings: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _importance(key: str) -> tuple[int, str]:
+    """Sort key of a setting in a refusal: the keys of :data:`FIRST` in that order, then the
+    optimizer's, then the rest alphabetically."""
+    if key in FIRST:
+        return FIRST.index(key), key
+    return (len(FIRST) if key.startswith("optimizer.") else len(FIRST) + 1), key
+
+
 def differing_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """Keys whose values differ (or that only one side has), as ``key: old -> new``."""
-    keys = sorted(set(old) | set(new))
+    """Keys whose values differ (or that only one side has), as ``key: old -> new``, the keys
+    that matter most (:data:`FIRST`: method, base, seed, budget, ...) first."""
+    keys = sorted(set(old) | set(new), key=_importance)
     missing = "<unset>"
     return [f"{k}: {old.get(k, missing)!r} -> {new.get(k, missing)!r}" for k in keys
             if old.get(k, missing) != new.get(k, missing)]

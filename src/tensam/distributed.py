@@ -14,9 +14,17 @@ import torch.distributed as dist
 from torch import nn
 
 
+def world_size() -> int:
+    """How many processes train this run (torchrun's WORLD_SIZE; 1 without torchrun), known
+    before the process group is up. It shapes the trajectory (each rank draws ``batch_size``
+    examples: the global batch is ``batch_size x world_size x grad_accumulation``), so it is part
+    of the run's settings (:func:`tensam.train.run`)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_from_env() -> tuple[int, int]:
     """(rank, world size); initialises the process group when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         if torch.cuda.is_available():

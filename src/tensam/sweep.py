@@ -6,8 +6,10 @@ trials, repeated finished values and never closed the stale trial; a study was k
 alone, so trials under different fixed settings were ranked together; the direction was set by
 hand; and a choice grid was sampled by TPE, with repeats. Here:
 
-* a trial whose job raises (``DivergenceError`` on a non-finite loss, or any error) or returns a
-  non-finite number is told to Optuna as FAIL, and the sweep goes on;
+* a trial whose job raises (any error) or returns a non-finite number (train.py returns NaN for
+  a diverged run under ``-m``) is told to Optuna as FAIL, and the sweep goes on; if the launcher
+  itself fails (a worker process lost), the batch's trials are closed as FAIL and queued again,
+  never left RUNNING;
 * ``n_trials`` is the total the study should hold: a restart runs only the trials missing. The
   trials a killed sweep left RUNNING are marked FAIL and their parameters enqueued again (the
   rerun's ``retry_of`` names the trial it replaces, which does not count as done). This assumes
@@ -169,9 +171,18 @@ class OptunaSweeper(Sweeper):
 
         while to_run > 0:
             batch = [study.ask(space) for _ in range(min(self.n_jobs, to_run))]
-            returns = self.launcher.launch(
-                [[*fixed, *(f"{k}={v}" for k, v in t.params.items())] for t in batch],
-                initial_job_idx=self.job_idx)
+            try:
+                returns = self.launcher.launch(
+                    [[*fixed, *(f"{k}={v}" for k, v in t.params.items())] for t in batch],
+                    initial_job_idx=self.job_idx)
+            except BaseException:
+                # the launcher itself failed (a worker killed, a result that did not come
+                # back): no trial of the batch is left RUNNING; each is closed and queued again
+                # for the next sweep, as a restart does with the trials of a killed sweep
+                for trial in batch:
+                    study.tell(trial, state=TrialState.FAIL)
+                    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+                raise
             self.job_idx += len(returns)
             to_run -= len(batch)
             for trial, ret in zip(batch, returns, strict=True):

@@ -8,7 +8,8 @@ every group is built); a bad value is reported in one line naming the key (exit 
 directory belongs to one set of trajectory settings (:func:`tensam.config.fingerprint`): a run
 started again in the same directory resumes its checkpoint, or returns its finished summary,
 only under the same settings, and is refused otherwise. A run whose loss becomes non-finite
-writes a summary marked ``diverged`` and exits 3 (in a sweep: the job fails, the sweep goes on).
+writes a summary marked ``diverged`` and exits 3; under ``-m`` the job returns NaN after that
+line instead (a result: the other jobs of the grid go on, a sweeper records the trial FAIL).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ from tensam.training import (
 )
 
 CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
+#: the settings key of the number of processes (torchrun), set when it is not 1
+WORLD_SIZE = "world_size"
 
 
 def seed_everything(seed: int) -> None:
@@ -64,7 +67,23 @@ def resolve_device(name: str) -> torch.device:
     if not isinstance(name, str) or name.split(":")[0] not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"device={name!r} is not one of ['auto', 'cpu', 'cuda', 'cuda:N', "
                           "'mps']")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"device={name!r}: {str(err).splitlines()[0]}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device={name!r} but torch sees no CUDA GPU (torch "
+                              f"{torch.__version__}, CUDA build {torch.version.cuda}); use "
+                              "device=auto or device=cpu")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device={name!r} but torch sees {count} CUDA GPU(s) "
+                              f"(cuda:0 to cuda:{count - 1})")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={name!r} but MPS is not available here; use device=auto "
+                          "or device=cpu")
+    return device
 
 
 def resolve(cfg: DictConfig) -> dict:
@@ -85,10 +104,13 @@ class RunDir:
 
     def _check(self, what: Path, stored: dict | None) -> None:
         if stored is None or stored.get("fingerprint") != self.fingerprint:
-            keys = differing_keys((stored or {}).get("settings") or {}, self.settings)
+            one = {WORLD_SIZE: 1}  # a single process's settings leave it out
+            keys = differing_keys({**one, **((stored or {}).get("settings") or {})},
+                                  {**one, **self.settings})
             raise CheckpointError(
                 f"{what} was written by a run with other settings ({'; '.join(keys[:6])}"
-                f"{'; ...' if len(keys) > 6 else ''}); use another hydra.run.dir, or pass "
+                f"{f'; ... {len(keys) - 6} more' if len(keys) > 6 else ''}); use another "
+                "hydra.run.dir, or pass "
                 "resume=never to start over in this one")
 
     def finished(self) -> dict | None:
@@ -129,6 +151,9 @@ def run(cfg: DictConfig, run_dir: Path, progress: bool = False) -> dict:
     container.pop("hydra", None)
     validate(container)
     settings = trajectory_settings(container)
+    world = distributed.world_size()
+    if world != 1:  # absent for one process, so single-process fingerprints stay what they were
+        settings[WORLD_SIZE] = world
     key, higher = objective(container)
     run_dir = Path(run_dir)
     # a finished run of these very settings is returned without building anything (its
@@ -137,7 +162,9 @@ def run(cfg: DictConfig, run_dir: Path, progress: bool = False) -> dict:
     stored = where.finished()
     if stored is not None:
         if stored.get("status") == "diverged":
-            raise DivergenceError(stored["diverged_at_step"], stored["train/loss"])
+            loss = stored.get("train/loss")  # strict JSON stores a non-finite loss as null
+            raise DivergenceError(stored["diverged_at_step"], float("nan") if loss is None
+                                  else loss)
         print(f"tensam: {run_dir} already holds this run's summary; not training again",
               file=sys.stderr)
         return stored
@@ -196,10 +223,13 @@ def run(cfg: DictConfig, run_dir: Path, progress: bool = False) -> dict:
 
 
 def model_info(model: torch.nn.Module) -> dict:
-    """Parameter counts, and the per-layer reports of a compressed model
+    """Parameter counts (a model's own ``parameter_counts()`` where it has one, e.g. the
+    adapters apart from the trainable total), and the per-layer reports of a compressed model
     (:func:`tensam.compress.compress`), for the run's summary."""
-    info = {"parameters": sum(p.numel() for p in model.parameters()),
-            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    counts = getattr(model, "parameter_counts", None)
+    info = counts() if callable(counts) else {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
     if hasattr(model, "compression_report"):
         info["compression"] = [dataclasses.asdict(r) for r in model.compression_report]
     return info
@@ -224,12 +254,14 @@ def _hydra_main(cfg: DictConfig) -> float:
         print(f"tensam: {kind} error: {err}", file=sys.stderr)
         sys.exit(2)
     except DivergenceError as err:
-        if multirun:  # the sweeper records the job as failed and goes on
-            raise
         print(f"tensam: {err}; summary in {run_dir / 'summary.json'}", file=sys.stderr)
+        if multirun:  # a result, not a crash: the other jobs go on, a sweeper records FAIL
+            return float("nan")
         sys.exit(3)
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}))
-    return float(summary[summary["objective"]])
+    # a sweeper ranks a run by its best evaluation where it had several (eval_every > 0)
+    key = summary["objective"]
+    return float(summary.get(f"best/{key}", summary[key]))
 
 
 def main() -> None:

@@ -11,14 +11,17 @@ owns what every task needs:
 * the norm dynamics (Q, Cov per layer) from the first pass's gradients, before clipping;
 * gradient clipping of the gradient the update uses, bf16 autocast, an LR scheduler per step;
 * a non-finite loss stops the run (:class:`DivergenceError`, naming the step), never trains on;
-* checkpoints (atomic, with RNG states and the wall time so far), the best checkpoint on the
-  evaluated objective, and a progress line.
+* checkpoints (atomic, with RNG states and the wall time so far), the best evaluation on the
+  objective (LM-BFF's / MeZO's / the HF Trainer's best checkpoint: every metric of it in the
+  summary as ``best/<metric>`` with ``best/step``, its weights in ``best.pt`` with
+  ``keep_best``), and a progress line.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -53,7 +56,7 @@ class LoopConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast; parameters and optimizer stay fp32)
     grad_accumulation: int = 1
     grad_clip: float | None = None
-    objective: str | None = None  # evaluated metric that picks the best checkpoint
+    objective: str | None = None  # evaluated metric that picks the best evaluation (best/*)
     higher_is_better: bool = True
     keep_best: bool = False
     progress: bool = False
@@ -66,6 +69,9 @@ class DivergenceError(RuntimeError):
         super().__init__(f"the training loss is {loss} at step {step}: the run diverged "
                          "(lower the learning rate, rho or alpha)")
         self.step, self.loss = step, loss
+
+    def __reduce__(self):  # pickled by (step, loss): it crosses process boundaries (joblib)
+        return type(self), (self.step, self.loss)
 
 
 class CheckpointError(Exception):
@@ -80,6 +86,7 @@ class State:
     seconds: float = 0.0  # training wall time of earlier sessions of this run
     best: float | None = None
     best_step: int | None = None
+    best_metrics: dict | None = None  # every metric of the evaluation at best_step
 
 
 # -- checkpoints ------------------------------------------------------------------------------
@@ -98,11 +105,19 @@ def save_checkpoint(path: Path, model, optimizer, state: State, scheduler=None,
     torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "step": state.step, "seconds": state.seconds, "best": state.best,
-                "best_step": state.best_step, "rng": _rng_states(),
+                "best_step": state.best_step, "best_metrics": state.best_metrics,
+                "rng": _rng_states(),
                 "fingerprint": fingerprint, "settings": settings}, buf)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
+    try:  # a failed write (a full disk) leaves the old file and no temporary file behind
+        with open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -125,7 +140,7 @@ def restore(ckpt: dict, model, optimizer, scheduler=None) -> State:
     if isinstance(rng, dict) and "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return State(int(ckpt["step"]), float(ckpt.get("seconds", 0.0)), ckpt.get("best"),
-                 ckpt.get("best_step"))
+                 ckpt.get("best_step"), ckpt.get("best_metrics"))
 
 
 # -- one step ---------------------------------------------------------------------------------
@@ -270,9 +285,12 @@ def train(task: Task, model, optimizer, loop: LoopConfig, run_dir: Path,
         if evaluating:
             metrics = _evaluate(task, model)
             record.update({f"eval/{k}": v for k, v in metrics.items()})
-            if loop.keep_best and _improves(metrics.get(loop.objective), state, loop):
-                state.best, state.best_step, state.step = metrics[loop.objective], done, done
-                checkpoint(run_dir / "best.pt")
+            if _improves(metrics.get(loop.objective), state, loop):  # strictly: ties keep the first
+                state.best, state.best_step = metrics[loop.objective], done
+                state.best_metrics = dict(metrics)
+                if loop.keep_best:
+                    state.step = done
+                    checkpoint(run_dir / "best.pt")
         if record and logger is not None:
             logger.log(record, step)
         step = done
@@ -324,8 +342,12 @@ def _finish(task: Task, model, index: CoreIndex, batches, state: State, logger,
     summary = {"status": "finished", **final, "train/loss": final_loss, **q_final,
                "steps": state.step, "seconds": state.seconds,
                "seconds_per_step": state.seconds / max(state.step, 1)}
-    if loop.keep_best:
-        summary.update({f"best/{loop.objective}": state.best, "best/step": state.best_step})
+    if loop.keep_best or state.best_step is not None:
+        # the evaluation with the best objective (every eval_every steps, strictly better),
+        # all of its metrics: the test score of the checkpoint selected on validation
+        best = state.best_metrics or {loop.objective: state.best}  # older checkpoints: one
+        summary.update({**{f"best/{k}": v for k, v in best.items()},
+                        "best/step": state.best_step})
     if logger is not None:
         logger.log({f"eval/{k}": v for k, v in final.items()}, state.step)
     return summary

@@ -4,7 +4,13 @@
 each ``nn.Linear`` whose qualified name ends with a ``target_modules`` entry (``query``/``value``
 in BERT and RoBERTa, ``q_proj``/``v_proj`` in OPT and Llama) by the adapter ``kind``, and makes
 trainable the adapters and the parameters named by ``trainable`` (e.g. the new task head
-``classifier`` or ``score``). ``kind="lora"`` goes through peft (:mod:`tensam.adapters.lora`).
+``classifier`` or ``score``: whole name components, a module and everything under it) and by
+``trainable_name_contains`` (every parameter whose qualified name contains one of the strings,
+case-sensitively). The latter is the published LoRETTA's rule (``loretta`` package,
+``mark_lora_layernorm_cls_trainable``: ``"Norm" in name``), which trains the ``LayerNorm``s of
+BERT, RoBERTa and DeBERTa but matches no parameter of OPT (``self_attn_layer_norm``,
+``final_layer_norm``) or Llama; ``[norm]`` trains OPT's LayerNorms (532,480 parameters on
+OPT-6.7B). ``kind="lora"`` goes through peft (:mod:`tensam.adapters.lora`).
 """
 
 from __future__ import annotations
@@ -46,11 +52,23 @@ def _set_trainable(model: nn.Module, trainable: Sequence[str]) -> None:
             p.requires_grad_(True)
 
 
+def _set_trainable_containing(model: nn.Module, substrings: Sequence[str]) -> None:
+    names = [n for n, _ in model.named_parameters()]
+    unmatched = [s for s in substrings if not any(s in n for n in names)]
+    if unmatched:
+        raise ValueError(f"adapter.trainable_name_contains entries {unmatched} are in no "
+                         f"parameter name of the model (the match is case-sensitive)")
+    for name, p in model.named_parameters():
+        if any(s in name for s in substrings):
+            p.requires_grad_(True)
+
+
 def inject(model: nn.Module, kind: str, target_modules: Sequence[str] = ("query", "value"),
-           trainable: Sequence[str] = (), **options) -> nn.Module:
+           trainable: Sequence[str] = (), trainable_name_contains: Sequence[str] = (),
+           **options) -> nn.Module:
     """``model`` with its base weights frozen and its target linears adapted (in place for
     ours; peft wraps the model for ``lora``); ``options`` go to the adapter (``r``, ``alpha``,
-    ``tt_rank``, modes). Returns the model to use."""
+    ``dropout``, ``init``, ``tt_rank``, modes). Returns the model to use."""
     if kind not in KINDS:
         raise ValueError(f"adapter.kind={kind!r} is not one of {['none', *KINDS]}")
     target_modules, trainable = list(target_modules), list(trainable)
@@ -69,6 +87,7 @@ def inject(model: nn.Module, kind: str, target_modules: Sequence[str] = ("query"
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, ADAPTERS[kind](linear, **options))
     _set_trainable(model, trainable)
+    _set_trainable_containing(model, list(trainable_name_contains))
     return model
 
 

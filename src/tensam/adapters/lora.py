@@ -31,9 +31,15 @@ register_cores(peft_lora.Linear, lora_cores)
 
 
 def lora(model: nn.Module, r: int = 8, alpha: float = 16.0,
-         target_modules: Sequence[str] = ("query", "value")) -> nn.Module:
-    """``get_peft_model(model, LoraConfig(r, lora_alpha=alpha, target_modules))``: the base
-    frozen, one LoRA pair per target linear (no dropout)."""
+         target_modules: Sequence[str] = ("query", "value"), dropout: float = 0.0,
+         init: str = "reference") -> nn.Module:
+    """``get_peft_model(model, LoraConfig(r, lora_alpha=alpha, target_modules, lora_dropout))``:
+    the base frozen, one LoRA pair per target linear. ``init="reference"`` is peft's default,
+    the init of the reference LoRA code (``loralib``, which MeZO's RoBERTa runs use: A
+    Kaiming-uniform with a = sqrt(5), B zero), the only one offered. The adapter is float32 on a
+    16-bit base (peft's ``autocast_adapter_dtype``)."""
+    if init != "reference":
+        raise ValueError(f"lora init={init!r} is not one of ['reference']")
     config = LoraConfig(r=int(r), lora_alpha=alpha, target_modules=list(target_modules),
-                        lora_dropout=0.0)
+                        lora_dropout=float(dropout))
     return get_peft_model(model, config)

@@ -14,14 +14,22 @@ Two readings of "LoRETTA" appear in the paper's Table 5 setting:
   and B (r x O), r = 8, each the reshape of a TT of rank 16 over [16, 16, 8, 4, 4] for hidden
   4096: 14,976 parameters per matrix, 958,464 on OPT-6.7B q/v (the paper's 0.96M).
 
-**Initialisation.** Every core of a TT is drawn from N(0, s^2): an entry of the rebuilt tensor
-is a sum of prod_k r_k products of d independent entries, of variance (prod_{k<d} r_k) s^(2d),
-which is set to 1 / (fan_in + fan_out) of the matrix the TT reshapes to (the published code's
-``target_sdv``). Then ONE core is zeroed -- the last core of the TT (:class:`LorettaTT`) or of
-B (:class:`LorettaRep`) -- so that dW = 0 and the adapted model computes exactly the pre-trained
-function. Only one: the gradient of every other core is multiplied by the zero core and is
-zero at the first step, while the zero core's gradient is not, so it moves first and the rest
-follow. DAS gives the zero core lambda = 0 by its eps rule (no 1/||G||^2 blow-up).
+**Initialisation** (option ``init``). The entries of the rebuilt tensor have variance
+v = 1 / (fan_in + fan_out) of the matrix the TT reshapes to (the published code's
+``target_sdv`` = sqrt(v), ``TensorizedLinear_module``): an entry is a sum of prod_{k<d} r_k
+products of d independent core entries.
+
+* ``reference`` (the published ``TensorTrain.build_factors_Gaussian``): core k, of shape
+  (r_{k-1}, n_k, r_k), is N(0, v^(1/d) / r_k): the variances multiply to v / prod_{k<d} r_k.
+  No core is zero (the LoRA-style zero-init of the published ``reset_parameters`` is commented
+  out), so dW != 0 and the adapted model differs from the pre-trained one from the start; every
+  core has squared norm about r_{k-1} n_k v^(1/d).
+* ``zero`` (this package's former default): every core is N(0, s^2) with one s,
+  s^(2d) r^(d-1) = v; then ONE core is zeroed -- the last core of the TT (:class:`LorettaTT`)
+  or of B (:class:`LorettaRep`) -- so that dW = 0 and the adapted model computes exactly the
+  pre-trained function. Only one: the gradient of every other core is multiplied by the zero
+  core and is zero at the first step, while the zero core's gradient is not, so it moves first
+  and the rest follow. DAS gives the zero core lambda = 0 by its eps rule.
 """
 
 from __future__ import annotations
@@ -82,14 +90,19 @@ def tt_full(cores: Sequence[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def tt_cores(modes: Sequence[int], rank: int, variance: float, factory: dict) -> nn.ParameterList:
+def tt_cores(modes: Sequence[int], rank: int, variance: float, factory: dict,
+             init: str = "reference") -> nn.ParameterList:
     """Random cores of a TT over ``modes`` with inner ranks ``rank`` (boundary ranks 1) whose
-    rebuilt tensor has entries of variance ``variance`` (see the module docstring)."""
+    rebuilt tensor has entries of variance ``variance``, scaled as ``init`` says (module
+    docstring; ``zero`` here only draws the equal-std cores, the caller zeroes one)."""
     d = len(modes)
     ranks = [1] + [rank] * (d - 1) + [1]
-    std = (variance / rank ** (d - 1)) ** (1 / (2 * d))
+    if init == "reference":
+        stds = [variance ** (1 / (2 * d)) / math.sqrt(ranks[k + 1]) for k in range(d)]
+    else:
+        stds = [(variance / rank ** (d - 1)) ** (1 / (2 * d))] * d
     return nn.ParameterList(
-        nn.Parameter(torch.randn(ranks[k], n, ranks[k + 1], **factory) * std)
+        nn.Parameter(torch.randn(ranks[k], n, ranks[k + 1], **factory) * stds[k])
         for k, n in enumerate(modes))
 
 
@@ -106,19 +119,23 @@ class LorettaTT(AdaptedLinear):
     The TT splits at the bond between the last output core and the first input core, so
     dW = (alpha / r) L R with L (O x r) the contracted output cores and R (r x I) the input
     cores, and ``delta(x) = (alpha / r) (x R^T) L^T`` costs O(r (O + I)) per example.
-    One core group of the d cores (K = 8 for the paper's 4096 x 4096); the last core starts at
-    zero (module docstring).
+    One core group of the d cores (K = 8 for the paper's 4096 x 4096); ``init`` as the module
+    docstring (``zero``: the last core starts at zero).
     """
 
+    INITS = ("reference", "zero")
+
     def __init__(self, base_layer: nn.Linear, r: int = 16, alpha: float = 16.0,
-                 out_modes: Sequence[int] | None = None, in_modes: Sequence[int] | None = None):
-        super().__init__(base_layer, r, alpha)
+                 out_modes: Sequence[int] | None = None, in_modes: Sequence[int] | None = None,
+                 dropout: float = 0.0, init: str = "reference"):
+        super().__init__(base_layer, r, alpha, dropout, init)
         n_out, n_in = self.out_features, self.in_features
         self.out_modes = _check_modes("out_modes", out_modes or tt_modes(n_out), n_out)
         self.in_modes = _check_modes("in_modes", in_modes or tt_modes(n_in)[::-1], n_in)
         self.tt = tt_cores(self.out_modes + self.in_modes, self.r, 1.0 / (n_out + n_in),
-                           self._factory())
-        nn.init.zeros_(self.tt[-1])
+                           self._factory(), init)
+        if init == "zero":
+            nn.init.zeros_(self.tt[-1])
 
     def cores(self) -> tuple[torch.Tensor, ...]:
         return tuple(self.tt)
@@ -147,23 +164,28 @@ class LorettaRep(AdaptedLinear):
 
     A is the row-major reshape of the TT over ``modes_a`` (product I r) to I x r, B that of the
     TT over ``modes_b`` (product r O) to r x O, as the published code reshapes its tensorized
-    factors. One core group of A's cores then B's (K = 10 for [16, 16, 8, 4, 4]); B's last core
-    starts at zero (module docstring).
+    factors. One core group of A's cores then B's (K = 10 for [16, 16, 8, 4, 4]); ``init`` as
+    the module docstring (``zero``: B's last core starts at zero). The published layer applies
+    its ``lora_dropout`` (0.05 in its run script) to x before A, as ``dropout`` here.
     """
+
+    INITS = ("reference", "zero")
 
     def __init__(self, base_layer: nn.Linear, r: int = 8, alpha: float = 16.0,
                  tt_rank: int = 16, modes_a: Sequence[int] | None = None,
-                 modes_b: Sequence[int] | None = None):
-        super().__init__(base_layer, r, alpha)
+                 modes_b: Sequence[int] | None = None, dropout: float = 0.0,
+                 init: str = "reference"):
+        super().__init__(base_layer, r, alpha, dropout, init)
         if int(tt_rank) < 1:
             raise ValueError(f"tt_rank must be >= 1, got {tt_rank}")
         n_out, n_in, r, new = self.out_features, self.in_features, self.r, self._factory()
         self.tt_rank = int(tt_rank)
         self.modes_a = _check_modes("modes_a", modes_a or rep_modes(n_in, r), n_in * r)
         self.modes_b = _check_modes("modes_b", modes_b or rep_modes(n_out, r), r * n_out)
-        self.tt_a = tt_cores(self.modes_a, self.tt_rank, 1.0 / (n_in + r), new)
-        self.tt_b = tt_cores(self.modes_b, self.tt_rank, 1.0 / (r + n_out), new)
-        nn.init.zeros_(self.tt_b[-1])
+        self.tt_a = tt_cores(self.modes_a, self.tt_rank, 1.0 / (n_in + r), new, init)
+        self.tt_b = tt_cores(self.modes_b, self.tt_rank, 1.0 / (r + n_out), new, init)
+        if init == "zero":
+            nn.init.zeros_(self.tt_b[-1])
 
     def cores(self) -> tuple[torch.Tensor, ...]:
         return (*self.tt_a, *self.tt_b)

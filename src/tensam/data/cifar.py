@@ -23,6 +23,7 @@ import io
 import os
 import sys
 import tarfile
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path, PurePosixPath
@@ -58,9 +59,14 @@ def _image_files(root: Path) -> Iterator[tuple[PurePosixPath, bytes]]:
         raise ValueError(f"task.data.root={str(root)!r} is neither a directory nor a tar "
                          "archive") from None
     with archive:
-        for member in archive:
-            if member.isfile() and PurePosixPath(member.name).suffix.lower() in IMG_EXTENSIONS:
-                yield PurePosixPath(member.name), archive.extractfile(member).read()
+        try:
+            for member in archive:
+                if member.isfile() and PurePosixPath(member.name).suffix.lower() in IMG_EXTENSIONS:
+                    yield PurePosixPath(member.name), archive.extractfile(member).read()
+        except (EOFError, OSError, tarfile.TarError, zlib.error) as err:  # truncated, damaged
+            first = (str(err).strip() or type(err).__name__).splitlines()[0]
+            raise ValueError(f"task.data.root={str(root)!r} is a truncated or damaged archive "
+                             f"({type(err).__name__}: {first}); copy it again") from None
 
 
 def _decode(blobs: list[bytes]) -> np.ndarray:
@@ -135,8 +141,12 @@ def checksum(data: dict) -> str:
 
 def _write_atomic(path: Path, payload: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(payload)
-    tmp.replace(path)
+    try:  # a failed write (a full disk) leaves no temporary file behind
+        tmp.write_bytes(payload)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def cache_path(source: str, root: Path, cache_dir: Path) -> Path:

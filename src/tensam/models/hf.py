@@ -9,6 +9,16 @@ without a download). ``adapter`` picks the fine-tuning: ``{kind: none}`` trains 
 and adapt ``target_modules`` (:func:`tensam.adapters.inject`), training also the modules named
 in ``trainable`` (default: the new sequence-classification head, ``classifier`` or ``score``).
 transformers is imported when a model is built, so ``tensam.models`` imports without it.
+
+``dtype`` is the dtype of the network's weights (``float32``, ``bfloat16``, ``float16``, or
+``auto``: the checkpoint's); unset, torch's default dtype (float32), whatever transformers'
+own default. The published LoRETTA run script loads OPT in bfloat16 (``load_bfloat16=True``),
+so Table 5/6's OPT-6.7B configs set ``dtype: bfloat16``; an adapter on a 16-bit base stays
+float32 (:mod:`tensam.adapters.base`). ``untie_embeddings`` gives the output embeddings (a
+masked LM's decoder) their own copy of the input embeddings, as MeZO's RoBERTa prompt model
+has them, so that training the head does not move the embeddings (and a frozen embedding does
+not freeze the decoder). :meth:`HFModel.parameter_counts` counts parameters, trainable ones
+and the adapters' cores apart.
 """
 
 from __future__ import annotations
@@ -41,9 +51,25 @@ def resolve_pretrained(name: str) -> str:
     return str(getattr(importlib.import_module(package), attribute))
 
 
+#: the values of model.dtype besides null (torch's default dtype)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "auto": "auto"}
+
+
+def resolve_dtype(dtype: str | None) -> torch.dtype | str:
+    """The torch dtype (or ``"auto"``) of a ``model.dtype`` value; None: torch's default."""
+    if dtype is None:
+        return torch.get_default_dtype()
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype={dtype!r} is not one of {[None, *DTYPES]}")
+    return DTYPES[dtype]
+
+
 def build_network(head: str = "sequence_classification", pretrained: str | None = None,
-                  config: Mapping[str, Any] | None = None, num_labels: int = 2) -> nn.Module:
-    """The transformers model with ``head``, from ``pretrained`` or from ``config``."""
+                  config: Mapping[str, Any] | None = None, num_labels: int = 2,
+                  dtype: str | None = None) -> nn.Module:
+    """The transformers model with ``head``, from ``pretrained`` or from ``config``, its
+    weights in ``dtype`` (:func:`resolve_dtype`)."""
     import transformers
 
     if head not in HEADS:
@@ -51,14 +77,28 @@ def build_network(head: str = "sequence_classification", pretrained: str | None 
     if (pretrained is None) == (config is None):
         raise ValueError("set exactly one of model.pretrained (weights) and model.config "
                          "(random weights)")
+    torch_dtype = resolve_dtype(dtype)
     auto = getattr(transformers, HEADS[head])
     labels = {"num_labels": num_labels} if head == "sequence_classification" else {}
     if pretrained is not None:
-        return auto.from_pretrained(resolve_pretrained(pretrained), **labels)
+        return auto.from_pretrained(resolve_pretrained(pretrained), dtype=torch_dtype, **labels)
     config = dict(config)
     if "model_type" not in config:
         raise ValueError("model.config needs a model_type (e.g. bert, roberta, opt)")
-    return auto.from_config(transformers.AutoConfig.for_model(**config, **labels))
+    config = transformers.AutoConfig.for_model(**config, **labels)
+    return auto.from_config(config, **({} if torch_dtype == "auto" else {"dtype": torch_dtype}))
+
+
+def untie_word_embeddings(network: nn.Module) -> bool:
+    """Give the output embeddings their own copy of the input embeddings when the two share a
+    weight, and mark the config untied so that transformers does not tie them again. Returns
+    whether they were tied."""
+    out, inp = network.get_output_embeddings(), network.get_input_embeddings()
+    network.config.tie_word_embeddings = False
+    if out is None or inp is None or out.weight is not inp.weight:
+        return False
+    out.weight = nn.Parameter(inp.weight.detach().clone(), requires_grad=inp.weight.requires_grad)
+    return True
 
 
 class HFModel(nn.Module):
@@ -67,14 +107,19 @@ class HFModel(nn.Module):
     ``batch`` is a mapping with ``input_ids``, ``attention_mask`` (and ``token_type_ids`` where
     the tokenizer gives them); a ``labels`` entry is ignored (the task computes the loss).
     ``adapter``: ``kind`` (none | flora | loretta_tt | loretta_rep | lora), ``target_modules``,
-    ``trainable`` and the adapter's own options (``r``, ``alpha``, ``tt_rank``, modes).
+    ``trainable``, ``trainable_name_contains`` and the adapter's own options (``r``, ``alpha``,
+    ``dropout``, ``init``, ``tt_rank``, modes). ``dtype`` and ``untie_embeddings``: module
+    docstring.
     """
 
     def __init__(self, num_labels: int = 2, pretrained: str | None = None,
                  config: Mapping[str, Any] | None = None, head: str = "sequence_classification",
-                 adapter: Mapping[str, Any] | None = None):
+                 adapter: Mapping[str, Any] | None = None, dtype: str | None = None,
+                 untie_embeddings: bool = False):
         super().__init__()
-        network = build_network(head, pretrained, config, num_labels)
+        network = build_network(head, pretrained, config, num_labels, dtype)
+        if untie_embeddings:
+            untie_word_embeddings(network)
         adapter = dict(adapter or {})
         self.kind = adapter.pop("kind", "none")
         if self.kind != "none":
@@ -89,6 +134,16 @@ class HFModel(nn.Module):
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return self.network(**{k: v for k, v in batch.items() if k != "labels"}).logits
+
+    def parameter_counts(self) -> dict[str, int]:
+        """``parameters`` (all), ``trainable`` (those with requires_grad: the adapters and any
+        trained head or LayerNorm) and ``adapter_parameters`` (the adapters' cores alone)."""
+        from tensam.cores import core_groups
+
+        cores = {id(c): c.numel() for g in core_groups(self.network) for c in g.cores}
+        return {"parameters": sum(p.numel() for p in self.parameters()),
+                "trainable": sum(p.numel() for p in self.parameters() if p.requires_grad),
+                "adapter_parameters": sum(cores.values())}
 
     def merge(self) -> HFModel:
         """Fold the adapters into the base weights (:func:`tensam.adapters.merge`), in place."""

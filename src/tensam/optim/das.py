@@ -18,14 +18,17 @@ class DAS(ScalingOptimizer):
         lambda_k = eta * alpha * u / ||G_k||^2 * (||g_k||^2 - gbar_l),
         gbar_l = (1/K_l) sum_i ||g_i||^2,
 
-    with ``normalization="layer"``: u_l = (K_l gbar_l)^(-1/2) (Algorithm 2), or
-    ``normalization="global"``: u_D = (sum_l sum_k ||g_{k,l}||^2)^(-1/2) (Theorem 5).
+    with ``normalization="global"`` (the default): u_D = (sum_l sum_k ||g_{k,l}||^2)^(-1/2), the
+    u of multi-layer SAM (Theorem 5), or ``normalization="layer"``: u_l = (K_l gbar_l)^(-1/2),
+    Algorithm 2's u read per layer. With one layer the two are the same. On a network u_D
+    tracks SAM's drift of every Q_l and u_l overshoots it several-fold (measured on
+    TR-ResNet-20: ``results/normdyn_drift.md``).
     eta is each core's *current* learning rate; alpha follows ``alpha_schedule``.
     A core with ||G_k||^2 <= ``eps`` (e.g. a zero-initialised LoRA factor) gets lambda_k = 0:
     scaling cannot move it and 1/||G_k||^2 would be infinite.
     """
 
-    def __init__(self, base, groups, alpha: float = 0.001, normalization: str = "layer",
+    def __init__(self, base, groups, alpha: float = 0.001, normalization: str = "global",
                  alpha_schedule: str = "constant", total_steps: int | None = None,
                  eps: float = 1e-12, compensated: bool = True, flatten: bool | str = "auto"):
         if alpha < 0:

@@ -11,6 +11,7 @@ method then takes its per-group options (``rho``, ``lr``) from those groups.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,7 +31,7 @@ PERTURB = ("all", "cores")
 METHODS: dict[str, dict[str, Any]] = {
     "none": {},
     "sam": {"rho": 0.05, "adaptive": False, "eta": 0.01, "perturb": "all"},
-    "das": {"alpha": 0.001, "normalization": "layer", "alpha_schedule": "constant",
+    "das": {"alpha": 0.001, "normalization": "global", "alpha_schedule": "constant",
             "eps": 1e-12, "compensated": True, "flatten": "auto"},
     "nbar": {"alpha": 0.5, "alpha_schedule": "linear", "compensated": True, "flatten": "auto"},
     "obar": {"alpha": 0.5, "alpha_schedule": "linear", "compensated": True, "flatten": "auto"},
@@ -41,6 +42,12 @@ TWO_PASS = {"sam": SAM, "nusam": NuSAM}
 SCALING = {"das": DAS, "nbar": NBAR, "obar": OBAR}
 
 
+def _finite_number(value) -> bool:
+    """A real number, not a bool, not NaN or +-inf (Hydra reads ``nan``/``inf`` as floats)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
 def _typed(key: str, value, default):
     """``value`` checked against the type of ``default``; a wrong type names the key."""
     if isinstance(default, bool) or default in ("auto",):
@@ -49,6 +56,8 @@ def _typed(key: str, value, default):
     elif isinstance(default, (int, float)):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         kind = "a number"
+        if ok and not math.isfinite(value):
+            raise ValueError(f"optimizer.{key}={value!r} must be finite (not nan or inf)")
     else:
         ok, kind = isinstance(value, str), "a string"
     if not ok:
@@ -85,6 +94,8 @@ def build_base(cfg: Mapping, params) -> torch.optim.Optimizer:
         numbers = value if isinstance(value, (list, tuple)) else [value]
         if not all(isinstance(v, (int, float)) for v in numbers):
             raise ValueError(f"optimizer.base.{key}={value!r} must be a number or numbers")
+        if not all(_finite_number(v) or isinstance(v, bool) for v in numbers):
+            raise ValueError(f"optimizer.base.{key}={value!r} must be finite (not nan or inf)")
     if cfg.get("lr", 0) <= 0:
         raise ValueError(f"optimizer.base.lr must be > 0, got {cfg.get('lr')}")
     try:

@@ -9,12 +9,35 @@ evaluation metrics, and owns ``train()``/``eval()`` mode.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
+
+#: seconds a task without local data waits for the Hugging Face hub to answer before it gives up
+#: (``datasets`` itself retries for about 25 s and ends in a traceback)
+HUB_TIMEOUT = 5.0
+
+
+def hub_unreachable(timeout: float = HUB_TIMEOUT) -> str | None:
+    """Why the Hugging Face hub cannot be reached, in one line; ``None`` when it answers (any
+    HTTP status) or when ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` sends ``datasets`` to its
+    cache. One request through ``huggingface_hub``'s session (its proxies and endpoint), no
+    retries."""
+    if any(os.environ.get(key, "").upper() in ("1", "ON", "YES", "TRUE")
+           for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return None
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception as err:  # noqa: BLE001 - any failure to get an answer means unreachable
+        return " ".join(f"{type(err).__name__}: {err}".split())[:200]
+    return None
 
 
 class Task(ABC):

@@ -19,15 +19,20 @@ every multiple-choice task. The paper's App. B says F1 for all but BoolQ and COP
 reported beside it: the macro-F1 over the classes for CB, BoolQ, WSC, COPA and RTE (SuperGLUE's
 CB metric), ReCoRD's token F1 of the chosen entity, the best over the gold answers (SuperGLUE's;
 ``em`` its exact match). SQuAD and DROP report SQuAD's token ``f1`` and ``em`` after its
-normalisation (lower case, no punctuation, no articles). Validation metrics carry a ``val_``
-prefix; runs are selected on them.
+normalisation (lower case, no punctuation, no articles). ``loss`` is the training loss on the
+split (the option cross-entropy, or the LM loss of the gold continuation): the Hugging Face
+Trainer's ``eval_loss``, on which LoRETTA's script keeps its best checkpoint. Validation
+metrics carry a ``val_`` prefix; runs are selected on them.
 
 Data (MeZO's sampler): ``n_train + n_val`` examples are drawn from the training set by
 ``RandomState(data_seed).permutation`` -- all of them when it has fewer -- the last ``n_val``
-validate and the rest train (CB: 250 -> 150 / 100); at most ``n_test`` of the validation set are
-the test set. Rows come from ``<data_dir>/<folder>/{train,val}.jsonl`` (SuperGLUE's official
-JSON lines, e.g. FewGLUE's files, or the hub's rows written by ``Dataset.to_json``) or, without a
-``data_dir``, from ``datasets.load_dataset`` (SuperGLUE from its parquet revision).
+validate and the rest train (CB: 250 -> 150 / 100); the test set is the first ``n_test`` of
+``RandomState(data_seed).permutation`` of the validation set (MeZO's and LoRETTA's ``run.py``:
+``sample_subset("valid", seed=train_set_seed, num=num_eval)``, so unlike few-shot GLUE's it
+follows the data seed). Rows come from ``<data_dir>/<folder>/{train,val}.jsonl`` (SuperGLUE's
+official JSON lines, e.g. FewGLUE's files, or the hub's rows written by ``Dataset.to_json``) or,
+without a ``data_dir``, from ``datasets.load_dataset`` (SuperGLUE from its parquet revision),
+once the hub is seen to answer (otherwise one line naming ``TENSAM_SUPERGLUE``).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from torch.nn import functional as F
 
 from tensam.distributed import unwrap
 from tensam.models.hf import resolve_pretrained
+from tensam.tasks.base import hub_unreachable
 from tensam.tasks.classification import Classification
 
 Tensors = dict[str, torch.Tensor]
@@ -305,6 +311,13 @@ class CausalLMTask(Classification):
     @cached_property
     def prompts(self) -> dict[str, list[Prompt]]:
         """The ``train``, ``val`` and ``test`` prompts (read and sampled on first use)."""
+        if self.data_dir is None and (why := hub_unreachable()) is not None:
+            folder = self.spec.folder
+            raise ValueError(
+                f"task.data_dir is unset (TENSAM_SUPERGLUE) and the Hugging Face hub cannot be "
+                f"reached ({why}): set TENSAM_SUPERGLUE to a folder holding {folder}/train.jsonl "
+                f"and {folder}/val.jsonl (JSON lines), or HF_DATASETS_OFFLINE=1 to read the "
+                "datasets cache")
         pool = read_rows(self.name, "train", self.data_dir)
         train, val = mezo_split(len(pool), self.n_train, self.n_val, self.data_seed)
         test_rows = read_rows(self.name, "val", self.data_dir)
@@ -428,10 +441,27 @@ class CausalLMTask(Classification):
             answers += [t.strip().split("\n")[0].strip() for t in texts]
         return answers
 
+    def lm_loss(self, model: nn.Module, prompts: Sequence[Prompt]) -> float:
+        """The LM training loss over ``prompts``: the gold continuations' negative
+        log-likelihood, token mean."""
+        nll, tokens = 0.0, 0
+        for start in range(0, len(prompts), self.eval_batch_size):
+            chunk = prompts[start:start + self.eval_batch_size]
+            total, count = self.log_likelihoods(model, self.pack([(p.context, p.target)
+                                                                  for p in chunk]))
+            nll, tokens = nll - float(total.sum()), tokens + int(count.sum())
+        return nll / max(tokens, 1)
+
     def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Accuracy, F1 (and EM) and ``loss``, the training loss on the split (MeZO's and
+        LoRETTA's ``eval_loss``, on which LoRETTA keeps its best checkpoint): the cross-entropy
+        of the option scores, or for COPA, ReCoRD, SQuAD and DROP the LM loss of the gold
+        continuations."""
         metrics = {}
         for split, prefix in (("val", "val_"), ("test", "")):
             prompts = self.prompts[split]
+            if self.spec.lm_loss:
+                metrics[f"{prefix}loss"] = self.lm_loss(model, prompts)
             if self.spec.generate:
                 scores = [best_f1_em(a, p.answers)
                           for a, p in zip(self.generate(model, prompts), prompts, strict=True)]
@@ -441,7 +471,7 @@ class CausalLMTask(Classification):
             choices, loss = self.choose(model, prompts)
             right = [c in p.gold for c, p in zip(choices, prompts, strict=True)]
             metrics[f"{prefix}accuracy"] = float(np.mean(right))
-            metrics[f"{prefix}loss"] = loss / len(prompts)
+            metrics.setdefault(f"{prefix}loss", loss / len(prompts))
             if self.name != "record":
                 metrics[f"{prefix}f1"] = macro_f1(choices, [p.gold[0] for p in prompts],
                                                   len(prompts[0].options))

@@ -4,14 +4,21 @@ From a task's training set, k examples per class are sampled for training and th
 class for validation (LM-BFF's ``generate_k_shot_data``: numpy's legacy shuffle seeded by the data
 seed, the paper's seeds 13, 21, 42, 87, 100; a class with fewer than 2 k examples gives all it
 has, at most k to training). The labelled evaluation set (the dev set of the GLUE-style SST-2,
-RTE, MNLI matched and SNLI; the test set of SST-5 and TREC), at most ``max_test`` examples (a
-seeded sample when larger), is the test set. Hyperparameters are chosen on validation accuracy
-and the test accuracy of the chosen run is reported (App. B), so :meth:`GlueFewShot.evaluate`
-scores both.
+RTE, MNLI matched and SNLI; the test set of SST-5 and TREC), at most ``max_test`` examples, is the
+test set. A larger one is cut as MeZO's ``generate_k_shot_data.py --mode k-shot-1k-test`` cuts
+it, once for all data seeds: the first ``max_test`` of ``RandomState(42).permutation``
+(:data:`TEST_SEED`; its ``np.random.seed(42)`` + ``shuffle`` of the TSV lines, and pandas'
+``sample(n=1000, random_state=42)`` of the CSVs, are that order), kept in that order;
+``test_seed: null`` draws it with the data seed instead. Hyperparameters are chosen on
+validation accuracy and the test accuracy of the chosen run is reported (App. B), so
+:meth:`GlueFewShot.evaluate` scores both.
 
 Without a ``data_dir`` the text comes from ``datasets.load_dataset`` (:data:`GLUE`'s ``hub``
-entries). With one (e.g. ``${oc.env:TENSAM_GLUE,null}``, LM-BFF's ``data/original``) it comes
-from ``<data_dir>/<folder>/<train file>, <test file>``:
+entries); the hub is probed first (:func:`~tensam.tasks.base.hub_unreachable`), so a machine
+without it fails at once, in one line naming ``TENSAM_GLUE`` and the files it should hold,
+rather than after ``datasets``' retries. With a ``data_dir`` (e.g.
+``${oc.env:TENSAM_GLUE,null}``, LM-BFF's ``data/original``) the text comes from
+``<data_dir>/<folder>/<train file>, <test file>``:
 
 - ``SST-2/{train,dev}.tsv``, ``RTE/{train,dev}.tsv``, ``MNLI/{train,dev_matched}.tsv``,
   ``SNLI/{train,dev}.tsv``: GLUE's TSV layout, a header row naming the columns (``sentence``;
@@ -44,10 +51,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from tensam.models.hf import resolve_pretrained
+from tensam.tasks.base import hub_unreachable
 from tensam.tasks.classification import Classification
 
 Tensors = dict[str, torch.Tensor]
 PAIR = "*cls**sent-_0*?*mask*,*+sentl_1**sep+*"  # LM-BFF / MeZO's template of MNLI, SNLI, RTE
+#: the seed of the test subset of a labelled evaluation set larger than ``max_test``: MeZO's
+#: ``generate_k_shot_data.py`` (mode ``k-shot-1k-test``) seeds it with 42 for every data seed
+TEST_SEED = 42
 
 
 @dataclass(frozen=True)
@@ -148,6 +159,16 @@ def few_shot_indices(labels: np.ndarray, k: int, seed: int, num_labels: int,
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
+def capped_test_indices(n: int, max_test: int, seed: int = TEST_SEED) -> np.ndarray:
+    """The examples tested of an evaluation set of ``n``: all of them in file order, or when
+    there are more than ``max_test`` the first ``max_test`` of ``RandomState(seed).permutation``
+    in that order (MeZO's ``k-shot-1k-test`` files: ``np.random.seed(42)`` and a shuffle of the
+    TSV lines, ``DataFrame.sample(n=1000, random_state=42)`` of the CSVs; both draw this)."""
+    if n <= max_test:
+        return np.arange(n)
+    return np.random.RandomState(seed).permutation(n)[:max_test]
+
+
 def longest_first(lengths: list[int], budget: int) -> list[int]:
     """The lengths the sentences keep within ``budget`` tokens: one token at a time off the
     longest (transformers' ``longest_first`` truncation)."""
@@ -212,12 +233,16 @@ class GlueFewShot(Classification):
     def __init__(self, name: str = "sst2", k: int = 16, data_seed: int = 13,
                  tokenizer: str = "minilm", data_dir: str | None = None, max_length: int = 128,
                  max_test: int = 1000, batch_size: int = 16, eval_batch_size: int = 128,
-                 prompt: bool = False):
+                 prompt: bool = False, test_seed: int | None = TEST_SEED):
         if name not in GLUE:
             raise ValueError(f"task.name={name!r} is not one of {sorted(GLUE)}")
         for key, value in (("k", k), ("max_length", max_length), ("max_test", max_test)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"task.{key}={value!r} must be an integer >= 1")
+        if test_seed is not None and (isinstance(test_seed, bool) or not isinstance(test_seed, int)
+                                      or test_seed < 0):
+            raise ValueError(f"task.test_seed={test_seed!r} must be an integer >= 0 or null "
+                             "(null: the data seed)")
         if not isinstance(prompt, bool):
             raise ValueError(f"task.prompt={prompt!r} must be true or false")
         spec = GLUE[name]
@@ -227,7 +252,7 @@ class GlueFewShot(Classification):
                                  f"{spec.folder}/{spec.files[split != 'train']}")
         self.name, self.spec, self.k, self.prompt = name, spec, k, prompt
         self.tokenizer, self.data_dir = tokenizer, data_dir
-        self.max_length, self.max_test = max_length, max_test
+        self.max_length, self.max_test, self.test_seed = max_length, max_test, test_seed
         # the epoch logic draws orders over the k-shot training set, whose size the protocol
         # fixes (unless a class is short of k: then it is set once the data are read)
         n_train = k * len(self.spec.labels)
@@ -236,6 +261,28 @@ class GlueFewShot(Classification):
 
     def model_inputs(self) -> dict:
         return {"num_labels": len(self.spec.labels)}
+
+    @cached_property
+    def source_checked(self) -> bool:
+        """Without a ``data_dir``: that the hub answers, checked once before the data are read
+        (ValueError in one line naming ``TENSAM_GLUE`` and the files it should hold)."""
+        why = hub_unreachable() if self.data_dir is None else None
+        if why is not None:
+            kind = ("LM-BFF's label,sentence CSVs" if self.spec.files[0].endswith(".csv")
+                    else "GLUE's TSVs with a header row")
+            raise ValueError(
+                f"task.data_dir is unset (TENSAM_GLUE) and the Hugging Face hub cannot be reached "
+                f"({why}): set TENSAM_GLUE to a folder holding {self.spec.folder}/"
+                f"{self.spec.files[0]} and {self.spec.folder}/{self.spec.files[1]} ({kind}), or "
+                "HF_DATASETS_OFFLINE=1 to read the datasets cache")
+        return True
+
+    @cached_property
+    def steps_per_epoch(self) -> int:
+        """:class:`Classification`'s, once the data's source is checked: ``train.py`` asks for
+        it while it builds, so a missing source fails there, before any work."""
+        self.source_checked  # noqa: B018
+        return Classification.steps_per_epoch.func(self)
 
     @cached_property
     def hf_tokenizer(self):
@@ -281,6 +328,7 @@ class GlueFewShot(Classification):
     def splits(self) -> dict[str, Tensors]:
         """The tokenized ``train``, ``val`` and ``test`` splits (CPU tensors, padded to the
         longest example of the split)."""
+        self.source_checked  # noqa: B018
         texts, labels = read_glue(self.name, "train", self.data_dir)
         train, val = few_shot_indices(labels, self.k, self.data_seed, len(self.spec.labels),
                                       cap=True)
@@ -288,10 +336,8 @@ class GlueFewShot(Classification):
             self.data = SimpleNamespace(train=range(len(train)))
             self.__dict__.pop("steps_per_epoch", None)  # Classification recomputes it
         test_texts, test_labels = read_glue(self.name, "test", self.data_dir)
-        test = np.arange(len(test_labels))
-        if len(test) > self.max_test:
-            test = np.sort(np.random.RandomState(self.data_seed).choice(
-                len(test), self.max_test, replace=False))
+        test = capped_test_indices(len(test_labels), self.max_test,
+                                   self.data_seed if self.test_seed is None else self.test_seed)
 
         def tokenize(columns: list[list[str]], y: np.ndarray, index: np.ndarray) -> Tensors:
             encoded = self.encode([[column[i] for i in index] for column in columns])
@@ -352,9 +398,10 @@ class GlueFewShot(Classification):
                   if self.prompt else {})
         return {"dataset": f"GLUE {self.name}", "source": self.data_dir or "datasets (hub)",
                 "k": self.k, "data_seed": self.data_seed, **sizes,
+                "test_seed": self.data_seed if self.test_seed is None else self.test_seed,
                 "train_labels": np.bincount(self.splits["train"]["labels"].numpy()).tolist(),
                 "max_length": self.max_length, "prompt": self.prompt, **prompt}
 
 
-__all__ = ["GLUE", "GlueFewShot", "GlueSpec", "few_shot_indices", "local_file", "longest_first",
-           "prompt_ids", "read_glue"]
+__all__ = ["GLUE", "TEST_SEED", "GlueFewShot", "GlueSpec", "few_shot_indices", "local_file",
+           "longest_first", "prompt_ids", "read_glue", "capped_test_indices"]

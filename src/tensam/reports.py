@@ -1,0 +1,199 @@
+"""Reading run directories back for tables and figures, as strictly as the trainer reads them.
+
+The table builders of ``scripts/`` read every run through this module, so that they agree with
+:mod:`tensam.train` on what a run directory means:
+
+* :func:`read_jsonl` reads a run's ``metrics.jsonl``; a torn last line (a run killed while
+  writing it) is dropped with one line on stderr, as the trainer drops it when the run resumes
+  (:class:`tensam.logging.RunLogger`); an undecodable line elsewhere is an error naming the file
+  and the line;
+* :func:`load_summaries` reads every ``summary.json`` under a root; one that does not decode (the
+  trainer redoes such a run) is left out with one line on stderr;
+* :func:`settings_of` is a run's stored trajectory settings (:func:`tensam.config.
+  trajectory_settings`): what a table groups by. :func:`require_same_settings` refuses, in one
+  line naming the runs and the keys, runs of different settings that a table would average into
+  one cell or describe under one header (say, an old 100-step run beside 50,000-step ones);
+  the seed, and settings that are the seed in every run (``task.split: ${seed}``), may differ;
+* :class:`Cell` splits the runs of a cell by status: finished runs are averaged, diverged runs
+  are counted apart (``"3 (+1 diverged)"``) and never averaged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tensam.config import trajectory_settings
+
+FINISHED, DIVERGED = "finished", "diverged"
+
+
+class MixedSettingsError(ValueError):
+    """Runs of different settings where a table would put them together (one line)."""
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file (a run's ``metrics.jsonl``); [] if it does not exist.
+
+    A torn last line is dropped with one line on stderr; any other line that does not decode
+    raises :class:`ValueError` naming the file and the line."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = [(n, line) for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+             if line.strip()]
+    records = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError as err:
+            if i == len(lines) - 1:
+                print(f"tensam: dropped the torn last line {n} of {path} (a run stopped while "
+                      "writing it)", file=sys.stderr)
+                break
+            raise ValueError(f"{path}:{n} is not a JSON record ({err})") from None
+    return records
+
+
+def load_summaries(root: Path, pattern: str = "**/summary.json") -> dict[tuple[str, ...], dict]:
+    """Every run summary under ``root``, keyed by its directory's parts relative to ``root``.
+    A summary that does not decode is left out with one line on stderr."""
+    root = Path(root)
+    out = {}
+    for path in sorted(root.glob(pattern)):
+        try:
+            out[path.parent.relative_to(root).parts] = json.loads(path.read_text())
+        except ValueError as err:
+            print(f"tensam: left out {path}: not a JSON summary ({err}); the run is redone when "
+                  "started again", file=sys.stderr)
+    return out
+
+
+def run_name(key: tuple[str, ...] | str) -> str:
+    """A run's name in messages: its directory relative to the root."""
+    return key if isinstance(key, str) else "/".join(key)
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+def settings_of(summary: Mapping) -> dict[str, Any]:
+    """The run's trajectory settings (dotted keys): those stored in its summary, else (older
+    summaries) those of its stored config."""
+    stored = summary.get("settings")
+    if stored is not None:
+        return dict(stored)
+    config = summary.get("config")
+    if config is None:
+        raise ValueError("the summary holds neither settings nor config")
+    return trajectory_settings(config)
+
+
+def seed_keys(runs: Mapping[Any, Mapping]) -> set[str]:
+    """``seed`` and the settings that equal the seed in every one of ``runs`` (``${seed}``
+    interpolations such as ``task.split`` or ``model.seed``): these make the replicates of a
+    cell and may differ between its runs."""
+    settings = [settings_of(s) for s in runs.values()]
+    keys = {"seed"}
+    if settings:
+        common = set.intersection(*(set(s) for s in settings))
+        keys |= {k for k in common if all(s[k] == s.get("seed") for s in settings)}
+    return keys
+
+
+def _varies(key: str, vary: Iterable[str] | Callable[[str], bool]) -> bool:
+    if callable(vary):
+        return vary(key)
+    return any(key == v or key.startswith(f"{v}.") for v in vary)
+
+
+def differing_settings(runs: Mapping[Any, Mapping],
+                       vary: Iterable[str] | Callable[[str], bool] = ()) -> dict[str, dict]:
+    """``key -> {run: value}`` for every setting on which ``runs`` disagree, other than the seed
+    keys (:func:`seed_keys`) and ``vary`` (keys, their sub-keys, or a predicate)."""
+    settings = {name: settings_of(s) for name, s in runs.items()}
+    ignore = seed_keys(runs)
+    vary = tuple(vary) if not callable(vary) else vary
+    missing = "<unset>"
+    keys = sorted(set().union(*(set(s) for s in settings.values()))) if settings else []
+    out = {}
+    for key in keys:
+        if key in ignore or _varies(key, vary):
+            continue
+        values = {name: s.get(key, missing) for name, s in settings.items()}
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) > 1:
+            out[key] = values
+    return out
+
+
+def require_same_settings(runs: Mapping[Any, Mapping], what: str,
+                          vary: Iterable[str] | Callable[[str], bool] = ()) -> None:
+    """Raise :class:`MixedSettingsError` (one line) if ``runs`` (name -> summary) differ in a
+    setting other than the seed keys and ``vary``: ``what`` says where they would be mixed."""
+    differ = differing_settings(runs, vary)
+    if not differ:
+        return
+    parts = []
+    for key, values in list(differ.items())[:4]:
+        by_value: dict[str, list[str]] = {}
+        for name, value in values.items():
+            by_value.setdefault(repr(value), []).append(run_name(name))
+        parts.append(f"{key}: " + " vs ".join(
+            f"{value} ({', '.join(sorted(names))})" for value, names in by_value.items()))
+    more = f"; ... {len(differ) - 4} more key(s)" if len(differ) > 4 else ""
+    raise MixedSettingsError(
+        f"{what} mixes runs of different settings ({'; '.join(parts)}{more}); move the runs "
+        "of the other settings out of the root, or build a table per setting")
+
+
+# -- cells ------------------------------------------------------------------------------------
+
+@dataclass
+class Cell:
+    """The runs of one table cell, by status: finished ones are averaged, diverged ones are
+    counted apart, others (no ``status``: an unfinished or unknown run) too."""
+
+    finished: dict = field(default_factory=dict)
+    diverged: dict = field(default_factory=dict)
+    other: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, runs: Mapping[Any, Mapping]) -> Cell:
+        cell = cls()
+        for name, summary in runs.items():
+            status = summary.get("status")
+            target = (cell.finished if status == FINISHED else
+                      cell.diverged if status == DIVERGED else cell.other)
+            target[name] = summary
+        return cell
+
+    def values(self, metric: str | Callable[[Any, Mapping], Any]) -> list[float]:
+        """``metric`` of each finished run (a key, or a function of (name, summary)); a
+        finished run without a finite value is an error naming it."""
+        out = []
+        for name, summary in self.finished.items():
+            value = metric(name, summary) if callable(metric) else summary.get(metric)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value):
+                what = metric if isinstance(metric, str) else "metric"
+                raise ValueError(f"run {run_name(name)} finished but its {what} is {value!r}")
+            out.append(float(value))
+        return out
+
+    def count(self) -> str:
+        """``n`` finished, and apart from it how many diverged (or did not finish)."""
+        text = str(len(self.finished))
+        extra = [f"{len(self.diverged)} diverged"] if self.diverged else []
+        extra += [f"{len(self.other)} not finished"] if self.other else []
+        return text + (f" (+{', '.join(extra)})" if extra else "")
+
+
+__all__ = ["DIVERGED", "FINISHED", "Cell", "MixedSettingsError", "differing_settings",
+           "load_summaries", "read_jsonl", "require_same_settings", "run_name", "seed_keys",
+           "settings_of"]
