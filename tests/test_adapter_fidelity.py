@@ -23,6 +23,8 @@ from torch import nn
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
+from test_adapters import OPT_6_7B, ROBERTA_LARGE  # noqa: E402
+
 from tensam.adapters import FLoRALinear, LorettaRep, LorettaTT, inject  # noqa: E402
 from tensam.cores import core_groups  # noqa: E402
 from tensam.models.hf import HFModel, build_network  # noqa: E402
@@ -35,12 +37,6 @@ TINY_OPT = {"model_type": "opt", **TINY, "ffn_dim": 37, "word_embed_proj_dim": 3
 TINY_ROBERTA = {"model_type": "roberta", **TINY, "pad_token_id": 1}
 REP = {"kind": "loretta_rep", "r": 4, "alpha": 8, "tt_rank": 3, "modes_a": [8, 4, 4],
        "modes_b": [4, 4, 8]}
-ROBERTA_LARGE = {"model_type": "roberta", "hidden_size": 1024, "num_hidden_layers": 24,
-                 "num_attention_heads": 16, "intermediate_size": 4096, "vocab_size": 50265,
-                 "max_position_embeddings": 514, "pad_token_id": 1}
-OPT_6_7B = {"model_type": "opt", "hidden_size": 4096, "num_hidden_layers": 32,
-            "num_attention_heads": 32, "ffn_dim": 16384, "vocab_size": 50272,
-            "word_embed_proj_dim": 4096, "max_position_embeddings": 2048}
 
 
 @pytest.fixture(autouse=True)
