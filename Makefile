@@ -144,9 +144,11 @@ reproduce-fig3: venv
 		hydra.sweep.dir=runs/fig3_tune/$(FIG3_CONV)$(FIG3_RANK)/rho
 	$(MULTIRUN) experiment=fig3_tune $(FIG3_MODEL) hparams_search=alpha_optuna \
 		hydra.sweep.dir=runs/fig3_tune/$(FIG3_CONV)$(FIG3_RANK)/alpha
-	$(MULTIRUN) experiment=fig3 $(FIG3_MODEL) optimizer=sgd,sam,das ++presets.sam.rho=$(FIG3_RHO) \
-		++presets.das.alpha=$(FIG3_ALPHA) seed=0,1,2,3,4,5,6,7,8,9 hydra.sweep.dir=runs/fig3 \
-		'hydra.sweep.subdir=$${model.conv}$${model.rank}/$${hydra:runtime.choices.optimizer}/seed$${seed}'
+	for opt in "sgd" "sam optimizer.rho=$(FIG3_RHO)" "das optimizer.alpha=$(FIG3_ALPHA)"; do \
+		$(MULTIRUN) experiment=fig3 $(FIG3_MODEL) optimizer=$$opt seed=0,1,2,3,4,5,6,7,8,9 \
+		hydra.sweep.dir=runs/fig3 \
+		'hydra.sweep.subdir=$${model.conv}$${model.rank}/$${hydra:runtime.choices.optimizer}/seed$${seed}' \
+		|| exit 1; done
 	$(PY) scripts/make_fig3.py --root runs/fig3
 
 # Step time of dense vs TR-ResNet-20 and of SAM/DAS vs SGD, and the data pipeline, on CPU.

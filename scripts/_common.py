@@ -24,33 +24,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf, open_dict
 
+from tensam.config import compose
 from tensam.logging import atomic_write_text
-from tensam.reports import load_summaries, read_jsonl  # noqa: F401 - the builders' readers
+from tensam.reports import (  # noqa: F401 - the builders' readers
+    load_summaries,
+    method_of,
+    optimizer_settings,
+    read_jsonl,
+)
 from tensam.tasks import build_model, build_task
-from tensam.train import CONFIG_DIR, seed_everything
+from tensam.train import seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def config(overrides: Sequence[str]) -> dict:
-    """The resolved ``train.yaml`` composed with Hydra ``overrides``, as plain data (what
-    :func:`tensam.train.run` stores in a summary's ``"config"``)."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # keeps a copy, for ${hydra:...} interpolations
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return OmegaConf.to_container(cfg, resolve=True)
+    """The resolved root config under Hydra ``overrides`` (:func:`tensam.config.compose`)."""
+    return compose(*overrides)
 
 
 def build(cfg: Mapping):
     """(task, model) of a resolved config, seeded as :func:`tensam.train.run` does."""
     seed_everything(int(cfg["seed"]))
-    task = build_task(cfg["task"])
+    task = build_task(cfg["task"], cfg["model"].get("pretrained"))
     return task, build_model(cfg["model"], task)
 
 
@@ -85,12 +82,6 @@ def interleaved_times(runs: Mapping[str, Callable[[], Any]], blocks: int, steps:
             times[name].append((time.perf_counter() - start) / steps)
     return times
 
-
-def method_of(config: Mapping) -> str:
-    """A run's method from its stored config: the base optimizer's name (upper case) when it
-    trains alone, else the method's (SAM, DAS, ...)."""
-    opt = config["optimizer"]
-    return {"none": opt["base"]["name"].upper()}.get(opt["method"], opt["method"].upper())
 
 
 #: which evaluation of a run a table reports (``--checkpoint``)

@@ -34,27 +34,31 @@ from _common import (
 )
 from torch.nn import functional as F
 
+from tensam.config import compose
 from tensam.optim import build_optimizer
 from tensam.tasks import build_model
 
-OPTIMIZERS = {"Adam": {"method": "none"}, "SAM": {"method": "sam", "rho": 0.01},
-              "DAS": {"method": "das", "alpha": 0.5}}
+#: label -> the optimizer config's overrides (over the base of the model's configuration)
+OPTIMIZERS = {"Adam": ["optimizer=none"], "SAM": ["optimizer=sam", "optimizer.rho=0.01"],
+              "DAS": ["optimizer=das", "optimizer.alpha=0.5"]}
 MINILM_ADAPTERS = {"FLoRA": {"kind": "flora", "r": 8, "alpha": 16},
                    "LoRETTA_rep": {"kind": "loretta_rep", "r": 8, "alpha": 16}}
 TARGETS = {"SAM": 2.05, "DAS": 1.05}
 
 
-def configurations(model: str) -> tuple[dict[str, dict], dict]:
-    """(adapter label -> model config, base optimizer) of ``--model``."""
+def configurations(model: str) -> tuple[dict[str, dict], list[str]]:
+    """(adapter label -> model config, the base optimizer's overrides) of ``--model``."""
     if model == "minilm":
         return ({label: {"_target_": "tensam.models.HFModel", "pretrained": "minilm",
                          "num_labels": 2, "adapter": {**adapter,
                                                       "target_modules": ["query", "value"]}}
-                 for label, adapter in MINILM_ADAPTERS.items()}, {"name": "adam", "lr": 1e-3})
+                 for label, adapter in MINILM_ADAPTERS.items()},
+                ["optimizer/base=adam", "optimizer.base.lr=1e-3"])
     cfg = config([f"model={model}", "task=causal_lm"])["model"]
     label = {"loretta_rep": "LoRETTA_rep", "loretta_tt": "LoRETTA_tt"}.get(
         cfg["adapter"]["kind"], cfg["adapter"]["kind"])
-    return {label: cfg}, {"name": "adamw", "lr": 1e-4, "weight_decay": 0.01}
+    return {label: cfg}, ["optimizer/base=adamw", "optimizer.base.lr=1e-4",
+                          "optimizer.base.weight_decay=0.01"]
 
 
 def build(model_cfg: dict, device: torch.device, precision: str) -> torch.nn.Module:
@@ -105,7 +109,8 @@ def measure(args, device: torch.device):
         for name, method in OPTIMIZERS.items():
             torch.manual_seed(0)
             model = build(model_cfg, device, args.precision)
-            optimizer = build_optimizer({**method, "base": base}, model, total_steps=10**6)
+            opt_cfg = compose(*method, *base, keys=("optimizer",))["optimizer"]
+            optimizer = build_optimizer(opt_cfg, model, total_steps=10**6)
 
             def step(model=model, optimizer=optimizer):
                 def closure():

@@ -23,15 +23,16 @@ import statistics
 import torch
 from _common import bench_machine, bench_parser, interleaved_times, markdown_table, write_bench
 
+from tensam.config import compose
 from tensam.models import ResNet
 from tensam.optim import build_optimizer
 from tensam.tasks import ImageClassification
 from tensam.tasks.vision import pipeline_throughput
 from tensam.training import train_step
 
-SGD = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
-OPTIMIZERS = {"SGD": {"method": "none"}, "SAM": {"method": "sam", "rho": 0.05},
-              "DAS": {"method": "das", "alpha": 0.1}}
+#: label -> the optimizer config's overrides, over the project's SGD (lr 0.1, momentum 0.9)
+OPTIMIZERS = {"SGD": ["optimizer=sgd"], "SAM": ["optimizer=sam", "optimizer.rho=0.05"],
+              "DAS": ["optimizer=das", "optimizer.alpha=0.1"]}
 
 
 class RandomImages:
@@ -80,7 +81,8 @@ def measure(device: torch.device, batch_size: int, warmup: int, blocks: int, ste
     for name, (model_kw, opt) in configurations(device.type).items():
         torch.manual_seed(0)
         model = ResNet(**model_kw, input_shape=(3, 32, 32), num_classes=10).to(device)
-        optimizer = build_optimizer({**OPTIMIZERS[opt], "base": SGD}, model,
+        opt_cfg = compose(*OPTIMIZERS[opt], "optimizer/base=sgd", keys=("optimizer",))
+        optimizer = build_optimizer(opt_cfg["optimizer"], model,
                                     total_steps=warmup + blocks * steps)
         runs[name] = (model, optimizer)
         for _ in range(warmup):

@@ -12,7 +12,7 @@ and oBAR:
     ``objective``), final Norm Deviation Q and its reduction vs the base optimizer on the same
     seed, time per step vs the base optimizer (interleaved timing on the seed-0 model, see (ii))
     and extra memory. nBAR/oBAR are defined for K = 2 core groups only: the report says why they
-    refuse these models. Every optimizer reads its own entry of the experiment's ``presets``, so
+    refuse these models. Every optimizer reads its own file of ``configs/tuned/<experiment>``, so
     SAM and DAS take the experiment's rho/alpha (the paper's values) and ASAM, nuSAM, nBAR and
     oBAR their own configs' values.
 (ii) the timing tables on many-core-groups models, reusing ``scripts/bench_optim.py``'s
@@ -60,6 +60,7 @@ from _common import (
     machine_info,
     markdown_table,
     mean_std,
+    method_of,
 )
 from bench_optim import Bench, DeepCPRegression, measure
 from torch import nn
@@ -306,7 +307,7 @@ def task_rows(experiment: Experiment, runs: dict, na: dict, measured: dict, step
     metric = experiment.compose("base")["objective"]
     rows = []
     base_runs = runs.get("base", {})
-    base_label = LABELS[experiment.compose("base")["optimizer"]["base"]["name"]]
+    base_label = method_of(experiment.compose("base"))
     for name in CONFIGS:
         label = f"{base_label} (base)" if name == "base" else LABELS[name]
         hyper = hyperparameters(name, experiment.compose(name)["optimizer"])
@@ -400,7 +401,7 @@ def report(tables: list, measured: dict, training_seconds: float, csv_rows: list
         "the script's docstring), and its multiple of the parameter bytes.",
         "",
         "Hyperparameters (column 'hyperparameters', read from the composed configs): every "
-        "optimizer reads its own entry of the experiment's `presets`, so SAM and DAS use the "
+        "optimizer reads its own file of `configs/tuned/<experiment>`, so SAM and DAS use the "
         "experiment's rho and alpha (the paper's values for Table 1) and ASAM, nuSAM, nBAR and "
         "oBAR their own configs' values. Sources: "
         + "; ".join(f"{LABELS[m]}: {s}" for m, s in SOURCES.items()) + ".",

@@ -61,7 +61,7 @@ def settings(sam: dict, das: dict) -> str:
     SAM and DAS runs."""
     base, task, model = das["optimizer"]["base"], das["task"], das["model"]
     return (f"mask `{task['protocol']}` (observed {task['observed']}), loss `{task['loss']}`, "
-            f"rank {tuple(model['rank'])}, init `{model['init']}`, base `{base['name']}` "
+            f"rank {tuple(model['rank'])}, init `{model['init']}`, base `{base['_target_']}` "
             f"(lr {base['lr']}, betas {tuple(base['betas'])}, weight decay "
             f"{base['weight_decay']}), {das['steps']} steps, SAM rho {sam['optimizer']['rho']}, "
             f"DAS alpha {das['optimizer']['alpha']} ({das['optimizer']['alpha_schedule']})")

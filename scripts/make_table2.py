@@ -25,6 +25,7 @@ from _common import (
     markdown_table,
     mean_std,
     method_of,
+    optimizer_settings,
     write_report,
 )
 
@@ -124,7 +125,7 @@ def main() -> None:
             "`tensam.data.cifar.symmetric_noise`), scored on `{eval}`; {epochs} epochs, batch "
             "{batch}; optimizer settings: {opt}.".format(
                 eval=data["eval_split"], epochs=first["epochs"],
-                batch=first["task"]["batch_size"], opt=first["presets"]),
+                batch=first["task"]["batch_size"], opt=optimizer_settings(summaries.values())),
             ""]
     write_report(args.out, text, summaries,
                  "under whatever else the machine was running (CPU runs went two at a time, "

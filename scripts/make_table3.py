@@ -25,6 +25,7 @@ from _common import (
     markdown_table,
     mean_std,
     method_of,
+    optimizer_settings,
     write_report,
 )
 
@@ -136,8 +137,8 @@ def main() -> None:
             markdown_table(header, rows(single, methods)),
             compression(single.get("before fine-tuning", first)), "",
             f"Fine-tuning: model `{cfg['model']['_target_']}`, {cfg['epochs']} epochs, batch "
-            f"{cfg['task']['batch_size']}, scheduler `{cfg['scheduler']['name']}`; optimizer "
-            f"settings: {cfg['presets']}.", ""]
+            f"{cfg['task']['batch_size']}, scheduler `{cfg['scheduler']['_target_']}`; optimizer "
+            f"settings: {optimizer_settings(summaries.values())}.", ""]
     write_report(args.out, text, summaries,
                  "under whatever else the machine was running; CPU runs went two at a time.")
 

@@ -34,6 +34,7 @@ from _common import (
     markdown_table,
     mean_std,
     method_of,
+    optimizer_settings,
     write_report,
 )
 
@@ -142,7 +143,7 @@ def main() -> None:
     searched = len([s for s in summaries.values() if s.get("status") == "finished"]) > len(best)
     protocol = (f"the configuration with the best validation accuracy of each data seed's grid "
                 f"({len(summaries)} runs for {len(best)} cells)" if searched else
-                f"one setting per method (no search): {cfg['presets']}")
+                f"one setting per method (no search): {optimizer_settings(summaries.values())}")
     paper = ("the paper's own setting" if "roberta-large" in str(cfg["model"].get("pretrained"))
              else "a different, much larger model, shown for the order of the methods, not for "
              "the level")

@@ -31,6 +31,7 @@ from _common import (
     load_summaries,
     markdown_table,
     mean_std,
+    optimizer_settings,
     write_report,
 )
 from make_table4 import row_name, trainable
@@ -107,7 +108,8 @@ def main() -> None:
             f"{args.metric} --checkpoint {args.checkpoint}` on {datetime.date.today()} from "
             f"{len(summaries)} run summaries. Model: {model}. Ours: the test score of "
             + ("the configuration with the best validation score per data seed"
-               if searched else f"one setting per method (no search): {cfg['presets']}")
+               if searched else "one setting per method (no search): "
+               f"{optimizer_settings(summaries.values())}")
             + f", {checkpoint_note(best.values())}; n_train {cfg['task']['n_train']}, n_val "
             f"{cfg['task']['n_val']}, n_test "
             f"{cfg['task']['n_test']} (MeZO's sampler; a task with fewer training examples "

@@ -72,8 +72,11 @@ class TwoLayerTucker2(nn.Module):
 
 
 def optimizer(model: nn.Module, method: str, eta: float, rho: float = RHO, momentum: float = 0.0):
-    cfg = {"method": method, "base": {"name": "sgd", "lr": eta, "momentum": momentum}}
-    return build_optimizer({**cfg, "rho": rho} if method == "sam" else cfg, model)
+    overrides = [f"optimizer={method}", "optimizer/base=sgd", f"optimizer.base.lr={eta}",
+                 f"optimizer.base.momentum={momentum}", "optimizer.base.weight_decay=0"]
+    if method == "sam":
+        overrides.append(f"optimizer.rho={rho}")
+    return build_optimizer(config(overrides)["optimizer"], model)
 
 
 def trajectory_states(task, model: nn.Module, points=POINTS, lr: float = 5e-4,

@@ -30,7 +30,7 @@ def test_first_steps_match_adaptive_perturbation(perturb_bias):
     rho, eta, lr = 0.5, 0.01, 0.1
     chosen = params if perturb_bias else params[:2]
     opt = SAM(torch.optim.SGD(params, lr=lr), rho=rho, adaptive=True, eta=eta,
-              params_to_perturb=chosen)
+              perturb=chosen)
     w = [p.detach().clone() for p in params]
     n = len(chosen)
     for _ in range(3):
@@ -60,7 +60,7 @@ def test_config_composes_and_builds_on_tucker_completion():
         cfg = compose("train", overrides=["optimizer=asam"])
     section = lambda key: OmegaConf.to_container(cfg[key], resolve=True)  # noqa: E731
     opt_cfg = section("optimizer")
-    assert opt_cfg["method"] == "sam" and opt_cfg["adaptive"] is True
+    assert opt_cfg["_target_"] == "tensam.optim.SAM" and opt_cfg["adaptive"] is True
     assert opt_cfg["rho"] == 0.5 and opt_cfg["eta"] == 0.01
     task = build_task(section("task"))
     model = build_model(section("model"), task)

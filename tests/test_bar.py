@@ -90,7 +90,8 @@ def test_first_steps_match_algorithm(method, cls, schedule):
 def test_uses_current_learning_rate_with_adam():
     """eta_t is the lr as changed in place (as schedulers do); line 11 is Adam's first step."""
     model = nn.ModuleDict({"a": Factorization(4, 3, 2, 1.0, 0.2, 2)})
-    opt = NBAR(torch.optim.Adam(model.parameters(), lr=0.25), model, alpha=0.5)
+    opt = NBAR(torch.optim.Adam(model.parameters(), lr=0.25), model, alpha=0.5,
+               alpha_schedule="constant")
     opt.param_groups[0]["lr"] = 0.125
     x, y = (c.detach().clone() for c in model["a"].cores())
     opt.zero_grad()
@@ -127,7 +128,7 @@ def test_config_composes_and_builds(name, cls):
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
         cfg = compose("train", overrides=[f"optimizer={name}"])
     opt_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
-    assert opt_cfg["method"] == name and opt_cfg["alpha"] == 0.5
+    assert opt_cfg["_target_"] == f"tensam.optim.{name.upper()}" and opt_cfg["alpha"] == 0.5
     assert opt_cfg["alpha_schedule"] == "linear"
     model = two_layer_model()
     opt = build_optimizer(opt_cfg, model, total_steps=10)

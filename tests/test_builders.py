@@ -12,11 +12,12 @@ import make_table3  # noqa: E402
 import make_table4  # noqa: E402
 import make_table5  # noqa: E402
 from _common import best_on_validation, interleaved_times  # noqa: E402
+from toys import node  # noqa: E402
 
 
 def _summary(path: Path, method: str, seed: int, acc: float, top5: float, s_step: float,
              **extra) -> None:
-    optimizer = {"method": method, "base": {"name": "sgd"}}
+    optimizer = node({"method": method, "base": {"name": "sgd"}})
     path.mkdir(parents=True)
     path.joinpath("summary.json").write_text(json.dumps({
         "status": "finished", "accuracy": acc, "top5": top5, "seconds": 100.0,
@@ -43,7 +44,7 @@ def test_table3_reports_means_recovery_and_step_ratios(tmp_path):
 def test_table4_names_rows_by_adapter_and_method():
     def cfg(kind, method, base="adam", **adapter):
         return {"model": {"adapter": {"kind": kind, **adapter}},
-                "optimizer": {"method": method, "base": {"name": base}}}
+                "optimizer": node({"method": method, "base": {"name": base}})}
 
     assert make_table4.row_name(cfg("none", "none")) == "full fine-tuning"
     assert make_table4.row_name(cfg("lora", "none", r=8)) == "LoRA (r 8)"
@@ -82,8 +83,8 @@ def _t5(path: Path, task: str, method: str, seed: int, val: float, acc: float, f
     path.joinpath("summary.json").write_text(json.dumps({
         "status": "finished", "accuracy": acc, "val_accuracy": val, "f1": f1, "val_f1": 1 - val,
         "seconds": 10.0, "seconds_per_step": 0.5, "model_info": {"trainable": 1234},
-        "config": {"steps": steps, "epochs": None, "presets": {},
-                   "optimizer": {"method": method, "base": {"name": "adamw"}},
+        "config": {"steps": steps, "epochs": None,
+                   "optimizer": node({"method": method, "base": {"name": "adamw"}}),
                    "model": {"pretrained": "facebook/opt-6.7b",
                              "adapter": {"kind": "loretta_rep"}},
                    "task": {"name": task, "data_seed": seed, "n_train": 1000, "n_val": 500,
@@ -147,8 +148,8 @@ def _t4(path: Path, method: str, seed: int, final: tuple, best: tuple | None,
         "status": "finished", "objective": "val_accuracy", "val_accuracy": final[0],
         "accuracy": final[1], **extra, "seconds": 10.0, "seconds_per_step": 0.5,
         "model_info": {"trainable": 1234},
-        "config": {"steps": steps, "epochs": None, "eval_every": 100, "presets": {},
-                   "optimizer": {"method": method, "base": {"name": "adam"}},
+        "config": {"steps": steps, "epochs": None, "eval_every": 100,
+                   "optimizer": node({"method": method, "base": {"name": "adam"}}),
                    "model": {"pretrained": "roberta-large", "adapter": {"kind": "flora"}},
                    "task": {"name": "rte", "data_seed": seed, "k": 512, "batch_size": 16,
                             "max_length": 256}}}))
@@ -206,10 +207,9 @@ def test_table5_scores_each_run_at_its_best_checkpoint(tmp_path, monkeypatch):
 # -- Tables 1 and 2: diverged runs, mixed settings, torn logs (tensam.reports) -----------------
 
 def _t1_config(method: str, seed: int, steps: int = 100, rank=(8, 6, 8)) -> dict:
-    optimizer = {"method": method, "base": {"name": "adamw", "lr": 0.001, "betas": [0.9, 0.999],
-                                            "weight_decay": 0.01}}
-    optimizer.update({"sam": {"rho": 0.01}, "das": {"alpha": 0.001, "alpha_schedule": "constant"}}
-                     .get(method, {}))
+    optimizer = node({"method": method, **{"sam": {"rho": 0.01}, "das": {
+        "alpha": 0.001, "alpha_schedule": "constant"}}.get(method, {}), "base": {
+        "name": "adamw", "lr": 0.001, "betas": [0.9, 0.999], "weight_decay": 0.01}})
     return {"name": "table1", "seed": seed, "steps": steps, "objective": "r2_heldout",
             "optimizer": optimizer,
             "task": {"protocol": "heldout", "observed": 0.3, "loss": "mse", "split": seed,
@@ -374,12 +374,10 @@ def test_table1_tolerates_a_torn_last_line_of_a_metrics_log(tmp_path, capsys):
 
 def _t2_config(method: str, seed: int, noise: float = 0.6, rank: int = 10,
                epochs: int = 15) -> dict:
-    optimizer = {"method": method, "base": {"name": "sgd", "lr": 0.05, "momentum": 0.9}}
-    if method == "none":
-        optimizer["alone"] = "sgd"
-    optimizer.update({"sam": {"rho": 0.05}, "das": {"alpha": 0.1}}.get(method, {}))
+    optimizer = node({"method": method, **{"sam": {"rho": 0.05}, "das": {"alpha": 0.1}}.get(
+        method, {}), "base": {"name": "sgd", "lr": 0.05, "momentum": 0.9}})
     return {"name": "noise_cpu", "seed": seed, "steps": 0, "epochs": epochs,
-            "presets": {"sam": {"rho": 0.05}}, "optimizer": optimizer,
+            "optimizer": optimizer,
             "task": {"batch_size": 128, "data": {"label_noise": noise, "train_split": "train50k",
                                                  "subset": 10000, "noise_mode": "uniform",
                                                  "eval_split": "test"}},

@@ -257,8 +257,10 @@ def test_every_task_config_names_a_known_task():
     for name in [*(f"superglue_{n}" for n in ("cb", "boolq", "wsc", "copa", "record", "rte")),
                  "squad", "drop"]:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose("train", overrides=[f"task={name}", "model=opt_tiny"])
-        task = build_task(OmegaConf.to_container(cfg.task, resolve=True))
+            cfg = compose("train", overrides=[f"task={name}", "model=opt_tiny",
+                                              "task.tokenizer=minilm"])
+        task = build_task(OmegaConf.to_container(cfg.task, resolve=True),
+                          OmegaConf.to_container(cfg.model, resolve=True)["pretrained"])
         assert isinstance(task, CausalLMTask) and task.name in SPECS
 
 
@@ -298,7 +300,7 @@ def test_table5_cpu_reports_the_evaluation_with_the_lowest_validation_loss(tmp_p
     summary = _run(tmp_path, ["task=superglue_copa", "optimizer=das", "eval_every=2",
                               "task.n_test=8"])
     assert summary["objective"] == "val_loss" and summary["best/step"] in (2, 4)
-    assert summary["config"]["scheduler"]["name"] == "linear"
+    assert summary["config"]["scheduler"]["_target_"] == "tensam.schedulers.Linear"
     assert {"best/accuracy", "best/f1", "best/val_loss", "best/loss"} <= set(summary)
 
 

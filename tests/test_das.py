@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from toys import TwoTucker, WithLoRA, backward, covid, das_lambdas, sq, values
+from toys import TwoTucker, WithLoRA, backward, covid, das_lambdas, make_optimizer, sq, values
 
 from tensam.cores import core_groups
-from tensam.optim import DAS, build_optimizer
+from tensam.optim import DAS
 from tensam.optim.schedules import scheduled
 
 #: lambda is checked against Eq. (9) to float32 accuracy: DAS currently rounds eta and 1/K_l to
@@ -241,7 +241,7 @@ def test_das_changes_the_iterates_on_covid_heldout():
     final = {}
     for method in ("none", "das"):
         task, model = covid(protocol="heldout", split=0)
-        opt = build_optimizer({"method": method, "alpha": 1e-3, "base": base}, model, 300)
+        opt = make_optimizer({"method": method, "alpha": 1e-3, "base": base}, model, 300)
         for _ in range(300):
             opt.zero_grad()
             task.loss(model).backward()

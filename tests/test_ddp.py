@@ -14,8 +14,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 from torch.nn import functional as F
+from toys import make_optimizer
 
-from tensam.optim import build_optimizer
 from tensam.tensorized import Tucker
 
 STEPS = 5
@@ -45,7 +45,7 @@ def _data():
 
 def _train(model, cfg, x, y):
     torch.manual_seed(0)
-    optimizer = build_optimizer(cfg, model, total_steps=STEPS)
+    optimizer = make_optimizer(cfg, model, total_steps=STEPS)
     def closure():
         optimizer.zero_grad()
         loss = F.mse_loss(model(x), y)

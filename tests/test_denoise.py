@@ -6,12 +6,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from toys import denoise, task_closure
+from toys import denoise, make_optimizer, task_closure
 
 from tensam.cores import core_groups
 from tensam.metrics.norm_dynamics import covariance, norm_deviation
 from tensam.norms import CoreIndex
-from tensam.optim import SAM, build_optimizer
+from tensam.optim import SAM
 from tensam.tasks import build_model, build_task
 from tensam.tasks.denoise import Tucker2Denoise
 from tensam.train import CONFIG_DIR
@@ -123,7 +123,7 @@ def test_sam_reduces_q_faster_than_sgd_on_noisy_data(seed):
         task, model = denoise(noise=2.0, batching="fresh", init_scales=(1.0, 1.0, 3.0), seed=seed)
         index = CoreIndex(core_groups(model))
         q0 = float(norm_deviation(index.core_sq_norms()))
-        opt = build_optimizer(cfg, model)
+        opt = make_optimizer(cfg, model)
         for step in range(400):
             train_step(task, model, opt, task.batch(step))
         finals[cfg["method"]] = float(norm_deviation(index.core_sq_norms()))
@@ -136,7 +136,8 @@ def test_fig1_config_composes():
                                                        "task.noise=2.0"])
     container = OmegaConf.to_container(cfg, resolve=True)
     opt_cfg = container["optimizer"]
-    assert opt_cfg["base"] == {"name": "sgd", "lr": 2.5e-4, "momentum": 0.0,
+    assert opt_cfg["base"] == {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 2.5e-4,
+                               "momentum": 0.0,
                                "weight_decay": 0.0, "nesterov": False}
     task = build_task(container["task"])
     assert isinstance(task, Tucker2Denoise)
@@ -144,7 +145,7 @@ def test_fig1_config_composes():
     model = build_model(container["model"], task)
     torch.testing.assert_close(model.factors[1], 3 * denoise(seed=0)[1].factors[1])
     assert [c.shape for c in model.cores()] == [(3, 3), (20, 3), (20, 3)]
-    optimizer = build_optimizer(opt_cfg, model, total_steps=cfg.steps)
+    optimizer = make_optimizer(opt_cfg, model, total_steps=cfg.steps)
     assert isinstance(optimizer, SAM) and optimizer.param_groups[0]["rho"] == 0.1
 
 

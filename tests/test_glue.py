@@ -237,9 +237,9 @@ def test_short_classes_give_what_they_have_as_lm_bff_does(tmp_path):
     _csv(tmp_path / "trec", "train.csv", rows)
     _csv(tmp_path / "trec", "test.csv", rows)
     task = _task("trec", tmp_path, k=8)
-    assert len(task.data.train) == 48 and task.steps_per_epoch == 12  # before the data
+    assert task.order.size == 48 and task.steps_per_epoch == 12  # before the data
     epoch = sum(islice(task.batch_indices(0), 10), [])  # 10 batches of 4: one epoch
-    assert task.steps_per_epoch == 10 and len(task.data.train) == 43
+    assert task.steps_per_epoch == 10 and task.order.size == 43
     assert len(set(epoch)) == 40 and set(epoch) <= set(range(43))
     info = task.info()
     assert info["train_labels"] == [8, 8, 3, 8, 8, 8] and info["n_val"] == 40
@@ -402,7 +402,7 @@ def test_every_glue_task_config_composes_and_builds(config, monkeypatch):
             cfg = compose("train", overrides=[f"task={config}", f"model={model}",
                                               f"task.prompt={prompt}"])
             task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
-            task = build_task(task_cfg)
+            task = build_task(task_cfg, OmegaConf.to_container(cfg.model)["pretrained"])
             assert task.name == config.removeprefix("glue_") and task.k == 512
             assert task.prompt is (prompt == "true") and task.data_dir is None
             assert task.tokenizer == OmegaConf.to_container(cfg.model)["pretrained"]

@@ -46,7 +46,7 @@ def test_online_unreachable_server_falls_back_to_offline(tmp_path, monkeypatch, 
     monkeypatch.setenv("WANDB_BASE_URL", url)
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # a logged-in user whose network is down
     start = time.monotonic()
-    logger = RunLogger(tmp_path / "run", {"lr": 0.1}, {"mode": "online", "project": "t"})
+    logger = RunLogger(tmp_path / "run", {"lr": 0.1}, wandb={"mode": "online", "project": "t"})
     assert time.monotonic() - start < 10
     assert logger.wandb.settings.mode == "offline"
     logger.log({"loss": 1.0}, 0)
@@ -65,7 +65,7 @@ def test_online_init_error_falls_back_to_offline(tmp_path, monkeypatch, capsys):
         monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
         monkeypatch.setattr(tlog, "INIT_TIMEOUT_S", 1.0)
         start = time.monotonic()
-        logger = RunLogger(tmp_path / "run", wandb_cfg={"mode": "online", "project": "t"})
+        logger = RunLogger(tmp_path / "run", wandb={"mode": "online", "project": "t"})
         assert time.monotonic() - start < 15
     assert logger.wandb.settings.mode == "offline"
     logger.finish({})
@@ -75,24 +75,24 @@ def test_online_init_error_falls_back_to_offline(tmp_path, monkeypatch, capsys):
 
 def test_resume_reuses_run_id_and_fresh_start_does_not(tmp_path):
     run_dir, cfg = tmp_path / "run", {"mode": "offline", "project": "t"}
-    first = RunLogger(run_dir, wandb_cfg=cfg)
+    first = RunLogger(run_dir, wandb=cfg)
     run_id = first.wandb_run_id
     first.log({"loss": 1.0}, 0)
     first.finish({})
     assert (run_dir / "wandb_run_id").read_text().strip() == run_id
 
-    resumed = RunLogger(run_dir, wandb_cfg=cfg, resume_step=1)
+    resumed = RunLogger(run_dir, wandb=cfg, resume_step=1)
     assert resumed.wandb_run_id == run_id
     resumed.finish({})
 
-    fresh = RunLogger(run_dir, wandb_cfg=cfg, resume_step=0)
+    fresh = RunLogger(run_dir, wandb=cfg, resume_step=0)
     assert fresh.wandb_run_id != run_id
     fresh.finish({})
     assert (run_dir / "wandb_run_id").read_text().strip() == fresh.wandb_run_id
 
 
 def test_disabled_writes_no_run_id(tmp_path):
-    logger = RunLogger(tmp_path, wandb_cfg={"mode": "disabled"})
+    logger = RunLogger(tmp_path, wandb={"mode": "disabled"})
     assert logger.wandb_run_id is None
     logger.finish({})
     assert not (tmp_path / "wandb_run_id").exists()
@@ -100,7 +100,7 @@ def test_disabled_writes_no_run_id(tmp_path):
 
 
 def test_non_finite_values_are_written_as_null(tmp_path):
-    logger = RunLogger(tmp_path, wandb_cfg={"mode": "disabled"})
+    logger = RunLogger(tmp_path, wandb={"mode": "disabled"})
     logger.log({"loss": float("nan"), "grad": torch.tensor(float("inf")),
                 "np": np.float32("-inf"), "nested": {"a": [1.0, float("nan")]}}, 0)
     logger.log({"loss": torch.tensor(0.5), "vec": np.array([1.0, np.nan])}, 1)
@@ -118,7 +118,7 @@ def test_resume_drops_torn_line_and_later_steps(tmp_path, capsys):
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text('{"step": 0, "loss": 1.0}\n{"step": 1, "loss": 0.5}\n'
                        '{"step": 2, "loss": 0.2}\n{"step": 3, "lo')
-    logger = RunLogger(tmp_path, wandb_cfg={"mode": "disabled"}, resume_step=2)
+    logger = RunLogger(tmp_path, wandb={"mode": "disabled"}, resume_step=2)
     logger.log({"loss": 0.3}, 2)
     logger.finish({})
     steps = [_strict_loads(ln)["step"] for ln in metrics.read_text().splitlines()]

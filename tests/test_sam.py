@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from toys import TwoTucker, backward, closure_for, grad_at, loss_at, values
+from toys import TwoTucker, backward, closure_for, grad_at, loss_at, make_optimizer, values
 
-from tensam.optim import SAM, build_optimizer
+from tensam.optim import SAM
 
 TOL = {"rtol": 1e-11, "atol": 1e-13}
 
@@ -61,7 +61,7 @@ def test_perturbing_cores_only_leaves_other_parameters_at_w():
     model, lr, rho = TwoTucker(seed=1), 0.05, 0.2
     names = [n for n, _ in model.named_parameters()]
     is_core = [n != "bias" for n in names]
-    sam = build_optimizer({"method": "sam", "rho": rho, "perturb": "cores",
+    sam = make_optimizer({"method": "sam", "rho": rho, "perturb": "cores",
                            "base": {"name": "sgd", "lr": lr}}, model)
     w = values(model)
     w_adv = _sam_point(model, w, rho, perturbed=is_core)

@@ -4,10 +4,10 @@ model moved after the optimizer was built."""
 import pytest
 import torch
 from torch import nn
-from toys import TwoTucker, closure_for, values
+from toys import TwoTucker, closure_for, make_optimizer, values
 
 from tensam.cores import core_groups
-from tensam.optim import DAS, NBAR, OBAR, SAM, NuSAM, build_optimizer
+from tensam.optim import DAS, NBAR, OBAR, SAM, NuSAM
 
 ALL = {
     "sgd": {"method": "none"},
@@ -19,7 +19,7 @@ ALL = {
 
 
 def _opt(name, model, lr=0.05):
-    return build_optimizer({**ALL[name], "base": {"name": "sgd", "lr": lr, "momentum": 0.9}},
+    return make_optimizer({**ALL[name], "base": {"name": "sgd", "lr": lr, "momentum": 0.9}},
                            model, total_steps=10)
 
 

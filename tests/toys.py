@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from tensam.optim import build_optimizer
 from tensam.tensorized import Tucker
 
 
@@ -145,5 +146,29 @@ def covid(rank=(8, 6, 8), seed: int = 0, init: str = "uniform", **task):
     from tensam.tasks import TuckerCompletion
     from tensam.tensorized import Tucker
 
-    t = TuckerCompletion(rank=rank, seed=seed, **task)
+    t = TuckerCompletion(seed=seed, **task)
     return t, Tucker(t.data.shape, rank, init=init, seed=seed)
+
+
+#: the classes the optimizer configs name, for optimizer nodes written in tests
+TARGETS = {"sgd": "torch.optim.SGD", "adam": "torch.optim.Adam", "adamw": "torch.optim.AdamW",
+           "sam": "tensam.optim.SAM", "nusam": "tensam.optim.NuSAM", "das": "tensam.optim.DAS",
+           "nbar": "tensam.optim.NBAR", "obar": "tensam.optim.OBAR"}
+
+
+def node(cfg: dict) -> dict:
+    """The optimizer node the configs write (``_target_`` and arguments) of a short form
+    ``{"method": "das", "alpha": 0.5, "base": {"name": "sgd", "lr": 0.1}}`` ("none": the base
+    alone); a node with a ``_target_`` is returned as it is."""
+    if "_target_" in cfg:
+        return cfg
+    cfg = dict(cfg)
+    method, base = cfg.pop("method", "none"), dict(cfg.pop("base"))
+    base = {"_target_": TARGETS[base.pop("name")], **base}
+    return {"base": base} if method == "none" else {"_target_": TARGETS[method], **cfg,
+                                                    "base": base}
+
+
+def make_optimizer(cfg: dict, model: nn.Module, total_steps: int | None = None):
+    """:func:`tensam.optim.build_optimizer` of :func:`node`'s ``cfg``."""
+    return build_optimizer(node(cfg), model, total_steps=total_steps)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from tensam.errors import ConfigError
 from tensam.tensorized import CPLinear, TTConv2d
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,8 @@ def tt_svd(tensor: torch.Tensor, ranks: Sequence[int],
     """
     shape = tensor.shape
     if len(ranks) != len(shape) - 1 or any(int(r) < 1 for r in ranks):
-        raise ValueError(f"a {len(shape)}-way tensor needs {len(shape) - 1} TT-ranks >= 1, "
-                         f"got {list(ranks)}")
+        raise ConfigError(f"a {len(shape)}-way tensor needs {len(shape) - 1} TT-ranks >= 1, "
+                          f"got {list(ranks)}")
     cores, discarded = [], []
     carry, r_prev = tensor, 1
     for n, r in zip(shape[:-1], map(int, ranks), strict=True):
@@ -119,8 +120,8 @@ def _conv_to_tt(conv: nn.Conv2d, ranks: Sequence[int],
     if (conv.groups != 1 or conv.dilation != (1, 1) or k[0] != k[1] or stride[0] != stride[1]
             or isinstance(padding, str) or padding[0] != padding[1]
             or conv.padding_mode != "zeros"):
-        raise ValueError(f"TTConv2d needs a square kernel, equal strides and zero paddings, no "
-                         f"groups or dilation; got {conv}")
+        raise ConfigError(f"TTConv2d needs a square kernel, equal strides and zero paddings, no "
+                          f"groups or dilation; got {conv}")
     w = conv.weight.detach()
     cout, cin = w.shape[:2]
     (u, m, v), _ = tt_svd(w.double().permute(0, 2, 3, 1).reshape(cout, k[0] ** 2, cin), ranks,
@@ -162,8 +163,8 @@ def tensorize(layer: nn.Module, ranks: int | Sequence[int], name: str = "",
         new, w_tt = _linear_to_tt(layer, ranks, cap)
         ranks = (new.rank,)
     else:
-        raise ValueError(f"'{name}' is a {type(layer).__name__}: only nn.Conv2d and nn.Linear "
-                         "are compressed")
+        raise ConfigError(f"'{name}' is a {type(layer).__name__}: only nn.Conv2d and nn.Linear "
+                          "are compressed")
     if layer.bias is not None:
         with torch.no_grad():
             new.bias.copy_(layer.bias)
@@ -183,7 +184,7 @@ def compress(model: nn.Module, ranks: Mapping[str, int | Sequence[int]],
     modules = dict(model.named_modules())
     unknown = [n for n in ranks if not isinstance(modules.get(n), (nn.Conv2d, nn.Linear))]
     if unknown:
-        raise ValueError(f"no nn.Conv2d or nn.Linear named {unknown} in {type(model).__name__}")
+        raise ConfigError(f"no nn.Conv2d or nn.Linear named {unknown} in {type(model).__name__}")
     reports = []
     for name, rank in ranks.items():
         new, report = tensorize(modules[name], rank, name, cap)
@@ -208,7 +209,7 @@ def tt_resnet18(pretrained: bool | str = False, num_classes: int = 1000,
     ``model.compression_report``. Under ``torch.device("meta")`` only the shapes are built.
     """
     if input_shape[0] != 3:
-        raise ValueError(f"TT-ResNet-18 takes 3-channel images, got input_shape={input_shape}")
+        raise ConfigError(f"TT-ResNet-18 takes 3-channel images, got input_shape={input_shape}")
     path = Path(pretrained) if isinstance(pretrained, str) and Path(pretrained).is_file() else None
     weights = "IMAGENET1K_V1" if pretrained is True else pretrained
     weights = None if path or not weights else weights
@@ -240,18 +241,18 @@ def trained_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ValueError(f"model.checkpoint={str(path)!r} does not exist (train the dense "
-                         "network first, e.g. `make reproduce-table3-cpu` trains it)")
+        raise ConfigError(f"model.checkpoint={str(path)!r} does not exist (train the dense "
+                          "network first, e.g. `make reproduce-table3-cpu` trains it)")
     ckpt = read_checkpoint(path)
     if "model" not in ckpt:
         return ckpt
     summary = path.with_name("summary.json")
     status = json.loads(summary.read_text()) if summary.is_file() else {}
     if status.get("status") != "finished" or status.get("steps") != ckpt["step"]:
-        raise ValueError(f"model.checkpoint={str(path)!r} is at step {ckpt['step']} of a run "
-                         f"that has not finished ({summary.name}: status "
-                         f"{status.get('status')!r}, steps {status.get('steps')}); finish "
-                         "that run first")
+        raise ConfigError(f"model.checkpoint={str(path)!r} is at step {ckpt['step']} of a run "
+                          f"that has not finished ({summary.name}: status "
+                          f"{status.get('status')!r}, steps {status.get('steps')}); finish "
+                          "that run first")
     return ckpt["model"]
 
 
@@ -269,15 +270,15 @@ def compressed_resnet(checkpoint: str | Path, ratio: float = 0.341, depth: int =
     from tensam.models.resnet import ResNet
 
     if not 0 < ratio < 1:
-        raise ValueError(f"model.ratio={ratio} must be in (0, 1): the fraction of each conv's "
-                         "weights its TT cores may hold")
+        raise ConfigError(f"model.ratio={ratio} must be in (0, 1): the fraction of each conv's "
+                          "weights its TT cores may hold")
     model = ResNet(depth, "dense", input_shape=input_shape, num_classes=num_classes,
                    decay_biases_and_norms=decay_biases_and_norms)
     try:
         model.load_state_dict(trained_state_dict(checkpoint))
     except RuntimeError as err:  # the checkpoint holds another architecture
-        raise ValueError(f"model.checkpoint={str(checkpoint)!r} is not a dense ResNet-{depth} "
-                         f"with {num_classes} classes: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"model.checkpoint={str(checkpoint)!r} is not a dense ResNet-{depth} "
+                          f"with {num_classes} classes: {str(err).splitlines()[0]}") from None
     convs = {n: m for n, m in model.named_modules()
              if n.startswith("blocks.") and isinstance(m, nn.Conv2d)}
     model.compression_report = compress(model, {n: tt_rank_for_ratio(m, ratio)

@@ -14,27 +14,27 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+from omegaconf import OmegaConf
+
+from tensam.errors import ConfigError
 
 #: top-level keys that do not change the trajectory of a run
 NOT_TRAJECTORY = ("logger", "log_every", "eval_every", "checkpoint_every", "keep_best", "resume",
-                  "threads", "device", "progress", "objective", "name", "baselines", "hydra",
-                  "presets")
+                  "threads", "device", "progress", "objective", "name", "baselines", "hydra")
 #: leaf keys that say where data lives or how it is loaded, not what it is (a run moved to a
 #: machine with other paths still resumes)
 NOT_TRAJECTORY_LEAVES = ("root", "cache_dir", "num_workers")
 #: settings named first when a run directory of other settings is refused: what says most about
 #: which run it is (the rest follow, the optimizer's keys before the others)
-FIRST = ("optimizer.method", "optimizer.base.name", "seed", "steps", "epochs", "world_size",
+FIRST = ("optimizer._target_", "optimizer.base._target_", "seed", "steps", "epochs", "world_size",
          "task._target_", "model._target_", "optimizer.base.lr", "grad_accumulation",
          "task.batch_size", "precision")
 RESUMES = ("auto", "never", "must")
 PRECISIONS = ("fp32", "bf16")
 PROGRESS = ("auto", True, False)
-
-
-class ConfigError(Exception):
-    """A bad configuration value: reported in one line naming the key, before any work."""
 
 
 def _int(cfg: Mapping, key: str, minimum: int, optional: bool = False) -> None:
@@ -48,8 +48,23 @@ def _int(cfg: Mapping, key: str, minimum: int, optional: bool = False) -> None:
         raise ConfigError(f"{key}={value} must be >= {minimum}")
 
 
+#: the groups of the root config; each is built from its ``_target_`` and checks its own keys
+GROUPS = ("task", "model", "optimizer", "scheduler", "logger")
+
+
+def known_keys() -> set[str]:
+    """The top-level keys a run reads: those of ``configs/train.yaml`` and its groups."""
+    root = OmegaConf.load(Path(__file__).resolve().parent / "configs" / "train.yaml")
+    return (set(root) - {"defaults"}) | set(GROUPS) | {"hydra"}
+
+
 def validate(cfg: Mapping[str, Any]) -> None:
-    """Check the loop's keys of a resolved config (the groups validate themselves when built)."""
+    """Check the loop's keys of a resolved config (the groups validate themselves when built);
+    a top-level key that nothing reads (``+lerning_rate=...``) is refused."""
+    unknown = sorted(set(cfg) - known_keys())
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {unknown}: nothing reads them; allowed: "
+                          f"{sorted(known_keys())}")
     _int(cfg, "seed", 0)
     _int(cfg, "steps", 0)
     _int(cfg, "epochs", 1, optional=True)
@@ -122,3 +137,24 @@ def objective(cfg: Mapping[str, Any]) -> tuple[str, bool]:
         return key, cls.higher_is_better(key)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def compose(*overrides: str, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The root config under Hydra's command-line ``overrides`` (``"optimizer=das"``,
+    ``"optimizer.alpha=0.5"``, ...), resolved outside a Hydra app, as plain data (what
+    :func:`tensam.train.run` stores in a summary's ``"config"``), or its sections ``keys``: the
+    one way scripts and tests get a configuration, so they build what ``train.py`` builds."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent / "configs"),
+                               version_base="1.3"):
+        cfg = hydra_compose("train", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # keeps a copy, for ${hydra:...} interpolations
+    with open_dict(cfg):
+        del cfg["hydra"]
+    if keys is None:
+        return OmegaConf.to_container(cfg, resolve=True)
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys}

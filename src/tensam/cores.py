@@ -23,6 +23,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from tensam.errors import ConfigError
+
 
 @runtime_checkable
 class Factorized(Protocol):
@@ -87,7 +89,7 @@ def core_groups(model: nn.Module) -> list[CoreGroup]:
             continue
         for core in cores:
             if id(core) in seen:
-                raise ValueError(f"core of module '{name}' already belongs to another group")
+                raise ConfigError(f"core of module '{name}' already belongs to another group")
             seen.add(id(core))
         groups.append(CoreGroup(name or type(module).__name__, cores))
     return groups

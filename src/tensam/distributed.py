@@ -22,6 +22,11 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def rank() -> int:
+    """This process's rank (0 without torchrun): rank 0 alone writes logs and checkpoints."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
 def init_from_env() -> tuple[int, int]:
     """(rank, world size); initialises the process group when launched by torchrun."""
     world = world_size()
@@ -29,7 +34,7 @@ def init_from_env() -> tuple[int, int]:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return (dist.get_rank() if dist.is_initialized() else 0), world
+    return rank(), world
 
 
 def local_device(device: torch.device) -> torch.device:

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from tensam.errors import ConfigError
+
 WANDB_MODES = ("online", "offline", "disabled")
 PROBE_TIMEOUT_S = 3.0  # TCP connect to the W&B server before an online init
 INIT_TIMEOUT_S = 30.0  # wandb.Settings.init_timeout (wandb's default is 90 s)
@@ -76,14 +78,14 @@ class RunLogger:
     """Appends step records to ``metrics.jsonl``; mirrors them to W&B when a run is open."""
 
     def __init__(self, run_dir: Path, config: Mapping[str, Any] | None = None,
-                 wandb_cfg: Mapping[str, Any] | None = None, resume_step: int = 0):
+                 resume_step: int = 0, wandb: Mapping[str, Any] | None = None):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.run_id_path = self.run_dir / "wandb_run_id"
         self._truncate_after(resume_step)
         self._file = open(self.metrics_path, "a")
-        self.wandb = self._open_wandb(dict(wandb_cfg or {}), dict(config or {}), resume_step)
+        self.wandb = self._open_wandb(dict(wandb or {}), dict(config or {}), resume_step)
 
     @property
     def wandb_run_id(self) -> str | None:
@@ -119,7 +121,7 @@ class RunLogger:
         """
         mode = cfg.pop("mode", None) or os.environ.get("WANDB_MODE", "offline")
         if mode not in WANDB_MODES:
-            raise ValueError(f"logger.wandb.mode={mode!r} is not one of {list(WANDB_MODES)}")
+            raise ConfigError(f"logger.wandb.mode={mode!r} is not one of {list(WANDB_MODES)}")
         if mode == "disabled":
             return None
         import wandb

@@ -95,6 +95,24 @@ def settings_of(summary: Mapping) -> dict[str, Any]:
     return trajectory_settings(config)
 
 
+def method_of(config: Mapping) -> str:
+    """A run's method from its stored config: the base optimizer's class name (upper case) when
+    it trains alone, else the method's (SAM, ASAM for SAM with ``adaptive``, DAS, ...)."""
+    opt = config["optimizer"]
+    name = (opt.get("_target_") or opt["base"]["_target_"]).rsplit(".", 1)[-1].upper()
+    return "ASAM" if name == "SAM" and opt.get("adaptive") else name
+
+
+def optimizer_settings(summaries: Iterable[Mapping]) -> dict[str, dict]:
+    """Each method's optimizer arguments (its base's under ``base``) in ``summaries``, for a
+    table's header."""
+    def plain(node: Mapping) -> dict:
+        return {k: plain(v) if isinstance(v, Mapping) else v for k, v in node.items()
+                if k not in ("_target_", "_partial_")}
+
+    return {method_of(s["config"]): plain(s["config"]["optimizer"]) for s in summaries}
+
+
 def seed_keys(runs: Mapping[Any, Mapping]) -> set[str]:
     """``seed`` and the settings that equal the seed in every one of ``runs`` (``${seed}``
     interpolations such as ``task.split`` or ``model.seed``): these make the replicates of a
@@ -195,5 +213,5 @@ class Cell:
 
 
 __all__ = ["DIVERGED", "FINISHED", "Cell", "MixedSettingsError", "differing_settings",
-           "load_summaries", "read_jsonl", "require_same_settings", "run_name", "seed_keys",
-           "settings_of"]
+           "load_summaries", "method_of", "optimizer_settings", "read_jsonl",
+           "require_same_settings", "run_name", "seed_keys", "settings_of"]

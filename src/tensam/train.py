@@ -4,7 +4,8 @@
     python train.py -m experiment=table1 optimizer=adamw,sam,das seed=0,1,2
 
 A run is checked whole before anything is built or written (:func:`tensam.config.validate`, then
-every group is built); a bad value is reported in one line naming the key (exit 2). A run
+every group is built); a bad value is reported in one line naming the key (exit 2), and only a
+bad value: any other exception keeps its traceback (exit 1). A run
 directory belongs to one set of trajectory settings (:func:`tensam.config.fingerprint`): a run
 started again in the same directory resumes its checkpoint, or returns its finished summary,
 only under the same settings, and is refused otherwise. A run whose loss becomes non-finite
@@ -28,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tensam import distributed
+from tensam.build import build, check
 from tensam.config import (
     ConfigError,
     differing_keys,
@@ -36,7 +38,6 @@ from tensam.config import (
     trajectory_settings,
     validate,
 )
-from tensam.logging import RunLogger
 from tensam.optim import build_optimizer
 from tensam.schedulers import build_scheduler
 from tensam.tasks import build_model, build_task
@@ -44,12 +45,16 @@ from tensam.training import (
     CheckpointError,
     DivergenceError,
     LoopConfig,
+    Output,
+    Parts,
     read_checkpoint,
     restore,
     train,
 )
 
 CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
+#: what the run passes a logger's constructor
+LOGGER_ARGS = ("run_dir", "config", "resume_step")
 #: the settings key of the number of processes (torchrun), set when it is not 1
 WORLD_SIZE = "world_size"
 
@@ -173,27 +178,27 @@ def run(cfg: DictConfig, run_dir: Path, progress: bool = False) -> dict:
     rank, world = distributed.init_from_env()
     device = distributed.local_device(resolve_device(container["device"]))
     seed_everything(int(container["seed"]))
-    try:  # build everything before writing anything: a bad value fails here, in one line
-        task = build_task(container["task"]).to(device)
-        task.steps_per_epoch  # noqa: B018 (a lazily read training set is sized, and checked, here)
-        model = build_model(container["model"], task).to(device)
-        if container.get("sync_batchnorm") and world > 1:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        if key not in task.metrics and key != "train/loss":
-            raise ValueError(f"objective={key!r} is not a metric of the task; allowed: "
-                             f"{sorted([*task.metrics, 'train/loss'])}")
-        steps = int(container["steps"])
-        if container.get("epochs"):
-            if not task.steps_per_epoch:
-                raise ValueError(f"epochs={container['epochs']} needs a task with epochs; "
-                                 f"{type(task).__name__} counts steps (use steps=N)")
-            steps = container["epochs"] * task.steps_per_epoch // container["grad_accumulation"]
-        model = distributed.wrap(model)
-        optimizer = build_optimizer(container["optimizer"], distributed.unwrap(model),
-                                    total_steps=steps)
-        scheduler = build_scheduler(container["scheduler"], optimizer, steps)
-    except (ValueError, TypeError) as err:
-        raise ConfigError(str(err)) from None
+    # build everything before writing anything: a bad value raises ConfigError here, in one
+    # line; any other exception of a constructor is a bug and keeps its traceback
+    task = build_task(container["task"], container["model"].get("pretrained")).to(device)
+    task.steps_per_epoch  # noqa: B018 (a lazily read training set is sized, and checked, here)
+    model = build_model(container["model"], task).to(device)
+    if container.get("sync_batchnorm") and world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if key not in task.metrics and key != "train/loss":
+        raise ConfigError(f"objective={key!r} is not a metric of the task; allowed: "
+                          f"{sorted([*task.metrics, 'train/loss'])}")
+    steps = int(container["steps"])
+    if container.get("epochs"):
+        if not task.steps_per_epoch:
+            raise ConfigError(f"epochs={container['epochs']} needs a task with epochs; "
+                              f"{type(task).__name__} counts steps (use steps=N)")
+        steps = container["epochs"] * task.steps_per_epoch // container["grad_accumulation"]
+    model = distributed.wrap(model)
+    optimizer = build_optimizer(container["optimizer"], distributed.unwrap(model),
+                                total_steps=steps)
+    scheduler = build_scheduler(container["scheduler"], optimizer, steps)
+    check(container["logger"], "logger", provided=LOGGER_ARGS)
     ckpt = where.checkpoint_state()
     state = restore(ckpt, model, optimizer, scheduler) if ckpt is not None else None
     start = state.step if state is not None else 0
@@ -204,12 +209,13 @@ def run(cfg: DictConfig, run_dir: Path, progress: bool = False) -> dict:
                       grad_accumulation=container["grad_accumulation"],
                       grad_clip=container["grad_clip"], objective=key, higher_is_better=higher,
                       keep_best=container["keep_best"], progress=progress)
-    logger = (RunLogger(run_dir, container, container["logger"].get("wandb"), resume_step=start)
-              if rank == 0 else None)
-    summary = train(task, model, optimizer, loop, run_dir, logger, scheduler, state,
-                    where.fingerprint, settings)
+    logger = (build(container["logger"], "logger", run_dir=run_dir, config=container,
+                    resume_step=start) if rank == 0 else None)
+    summary = train(Parts(task, model, optimizer, scheduler), loop,
+                    Output(run_dir, logger, where.fingerprint, settings), state)
     started = time.perf_counter()
-    baselines = task.baselines() if container["baselines"] and rank == 0 else {}
+    baselines = (task.baselines(distributed.unwrap(model))
+                 if container["baselines"] and rank == 0 else {})
     summary.update({"primary_metric": task.primary_metric, "objective": key, "data": task.info(),
                     "baselines": baselines, "baselines_seconds": time.perf_counter() - started,
                     "model_info": model_info(distributed.unwrap(model)),

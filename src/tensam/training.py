@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from tensam.cores import core_groups
-from tensam.distributed import unwrap
+from tensam.distributed import rank, unwrap
 from tensam.logging import RunLogger
 from tensam.metrics.norm_dynamics import norm_dynamics
 from tensam.norms import CoreIndex
@@ -60,6 +60,28 @@ class LoopConfig:
     higher_is_better: bool = True
     keep_best: bool = False
     progress: bool = False
+
+
+@dataclass
+class Parts:
+    """What a run trains: the task, the model, its optimizer and (optionally) a scheduler."""
+
+    task: Task
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any = None  # a torch LR scheduler, stepped once per step
+
+
+@dataclass
+class Output:
+    """Where a run writes. Rank 0 (:func:`tensam.distributed.rank`) writes the checkpoints into
+    ``run_dir``; the logger (None on other ranks) gets the records; ``fingerprint`` and
+    ``settings`` go into every checkpoint so a resume under other settings is refused."""
+
+    run_dir: Path
+    logger: RunLogger | None = None
+    fingerprint: str | None = None
+    settings: dict | None = None
 
 
 class DivergenceError(RuntimeError):
@@ -234,24 +256,23 @@ def _evaluate(task: Task, model) -> dict[str, float]:
     return metrics
 
 
-def train(task: Task, model, optimizer, loop: LoopConfig, run_dir: Path,
-          logger: RunLogger | None, scheduler=None, state: State | None = None,
-          fingerprint: str | None = None, settings: dict | None = None) -> dict:
+def train(parts: Parts, loop: LoopConfig, out: Output, state: State | None = None) -> dict:
     """Train from ``state`` (default: step 0) to ``loop.steps``; log loss, norm dynamics and
-    evaluations; return the summary (``status`` ``finished``, or ``diverged`` with the step).
-
-    ``logger=None`` (non-zero ranks of a distributed run) logs and checkpoints nothing."""
+    evaluations; return the summary (``status`` ``finished``, or ``diverged`` with the step)."""
+    task, model, optimizer, scheduler = parts.task, parts.model, parts.optimizer, parts.scheduler
+    logger = out.logger
     state = state or State()
-    run_dir = Path(run_dir)
+    run_dir = Path(out.run_dir)
     index = CoreIndex(core_groups(unwrap(model)))  # layer names as without DDP
     n_micro = loop.grad_accumulation
     batches = task.batches(state.step * n_micro)
-    progress = _Progress(loop.progress and logger is not None, state.step, loop.steps)
+    progress = _Progress(loop.progress and rank() == 0, state.step, loop.steps)
     first_bad = None  # first step with a non-finite loss, kept on the device: no sync per step
 
     def checkpoint(path: Path) -> None:
-        if logger is not None:
-            save_checkpoint(path, model, optimizer, state, scheduler, fingerprint, settings)
+        if rank() == 0:
+            save_checkpoint(path, model, optimizer, state, scheduler, out.fingerprint,
+                            out.settings)
 
     started = time.perf_counter()
     model.train()
@@ -353,5 +374,6 @@ def _finish(task: Task, model, index: CoreIndex, batches, state: State, logger,
     return summary
 
 
-__all__ = ["CheckpointError", "DivergenceError", "LoopConfig", "State", "frozen_batchnorm",
-           "make_closure", "read_checkpoint", "restore", "save_checkpoint", "train", "train_step"]
+__all__ = ["CheckpointError", "DivergenceError", "LoopConfig", "Output", "Parts", "State",
+           "frozen_batchnorm", "make_closure", "read_checkpoint", "restore", "save_checkpoint",
+           "train", "train_step"]

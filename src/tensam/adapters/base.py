@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tensam.errors import ConfigError
+
 #: the dtypes of a base weight whose adapter is created in float32 (see the module docstring)
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -47,15 +49,15 @@ class AdaptedLinear(nn.Module):
             raise TypeError(f"{type(self).__name__} adapts an nn.Linear, got "
                             f"{type(base_layer).__name__}")
         if int(r) < 1:
-            raise ValueError(f"adapter rank r must be >= 1, got {r}")
+            raise ConfigError(f"adapter rank r must be >= 1, got {r}")
         self.base_layer = base_layer
         self.r, self.alpha, self.scale = int(r), float(alpha), float(alpha) / int(r)
         self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
         if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"adapter dropout must be in [0, 1), got {dropout}")
+            raise ConfigError(f"adapter dropout must be in [0, 1), got {dropout}")
         if init not in self.INITS:
-            raise ValueError(f"{type(self).__name__} init={init!r} is not one of "
-                             f"{list(self.INITS)}")
+            raise ConfigError(f"{type(self).__name__} init={init!r} is not one of "
+                              f"{list(self.INITS)}")
         self.dropout, self.init = float(dropout), init
 
     def _factory(self) -> dict:

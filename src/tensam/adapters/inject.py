@@ -25,6 +25,7 @@ from torch import nn
 from tensam.adapters.base import AdaptedLinear
 from tensam.adapters.flora import FLoRALinear
 from tensam.adapters.loretta import LorettaRep, LorettaTT
+from tensam.errors import ConfigError
 
 #: the adapters implemented here (``lora`` is peft's)
 ADAPTERS: dict[str, type[AdaptedLinear]] = {
@@ -46,7 +47,7 @@ def _set_trainable(model: nn.Module, trainable: Sequence[str]) -> None:
     names = [n for n, _ in model.named_parameters()]
     unmatched = [e for e in trainable if not any(_within(n, [e]) for n in names)]
     if unmatched:
-        raise ValueError(f"adapter.trainable entries {unmatched} name no parameter of the model")
+        raise ConfigError(f"adapter.trainable entries {unmatched} name no parameter of the model")
     for name, p in model.named_parameters():
         if _within(name, trainable):
             p.requires_grad_(True)
@@ -56,8 +57,8 @@ def _set_trainable_containing(model: nn.Module, substrings: Sequence[str]) -> No
     names = [n for n, _ in model.named_parameters()]
     unmatched = [s for s in substrings if not any(s in n for n in names)]
     if unmatched:
-        raise ValueError(f"adapter.trainable_name_contains entries {unmatched} are in no "
-                         f"parameter name of the model (the match is case-sensitive)")
+        raise ConfigError(f"adapter.trainable_name_contains entries {unmatched} are in no "
+                          f"parameter name of the model (the match is case-sensitive)")
     for name, p in model.named_parameters():
         if any(s in name for s in substrings):
             p.requires_grad_(True)
@@ -70,7 +71,7 @@ def inject(model: nn.Module, kind: str, target_modules: Sequence[str] = ("query"
     ours; peft wraps the model for ``lora``); ``options`` go to the adapter (``r``, ``alpha``,
     ``dropout``, ``init``, ``tt_rank``, modes). Returns the model to use."""
     if kind not in KINDS:
-        raise ValueError(f"adapter.kind={kind!r} is not one of {['none', *KINDS]}")
+        raise ConfigError(f"adapter.kind={kind!r} is not one of {['none', *KINDS]}")
     target_modules, trainable = list(target_modules), list(trainable)
     model.requires_grad_(False)
     if kind == "lora":
@@ -81,8 +82,8 @@ def inject(model: nn.Module, kind: str, target_modules: Sequence[str] = ("query"
         targets = [(name, m) for name, m in model.named_modules()
                    if isinstance(m, nn.Linear) and matches(name, target_modules)]
         if not targets:
-            raise ValueError(f"adapter.target_modules={target_modules} match no nn.Linear of "
-                             f"{type(model).__name__}")
+            raise ConfigError(f"adapter.target_modules={target_modules} match no nn.Linear of "
+                              f"{type(model).__name__}")
         for name, linear in targets:
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, ADAPTERS[kind](linear, **options))
@@ -126,7 +127,8 @@ def load_adapter(model: nn.Module, path: str | Path) -> None:
 
     stored, own = load_file(str(path)), trainable_state(model)
     if set(stored) != set(own):
-        raise ValueError(f"{path} does not fit this model: missing {sorted(set(own) - set(stored))}"
-                         f", unexpected {sorted(set(stored) - set(own))}")
+        raise ConfigError(f"{path} does not fit this model: missing "
+                          f"{sorted(set(own) - set(stored))}, unexpected "
+                          f"{sorted(set(stored) - set(own))}")
     for name, p in own.items():
         p.copy_(stored[name])

@@ -16,13 +16,14 @@ from peft.tuners import lora as peft_lora
 from torch import nn
 
 from tensam.cores import register_cores
+from tensam.errors import ConfigError
 
 
 def lora_cores(layer: peft_lora.Linear) -> tuple[nn.Parameter, nn.Parameter]:
     """(A, B) of the layer's one active adapter (A: r x I, B: O x r)."""
     if len(layer.active_adapters) != 1:
-        raise ValueError(f"a LoRA layer is one core group only with one active adapter, got "
-                         f"{layer.active_adapters}")
+        raise ConfigError(f"a LoRA layer is one core group only with one active adapter, got "
+                          f"{layer.active_adapters}")
     (name,) = layer.active_adapters
     return layer.lora_A[name].weight, layer.lora_B[name].weight
 
@@ -39,7 +40,7 @@ def lora(model: nn.Module, r: int = 8, alpha: float = 16.0,
     Kaiming-uniform with a = sqrt(5), B zero), the only one offered. The adapter is float32 on a
     16-bit base (peft's ``autocast_adapter_dtype``)."""
     if init != "reference":
-        raise ValueError(f"lora init={init!r} is not one of ['reference']")
+        raise ConfigError(f"lora init={init!r} is not one of ['reference']")
     config = LoraConfig(r=int(r), lora_alpha=alpha, target_modules=list(target_modules),
                         lora_dropout=float(dropout))
     return get_peft_model(model, config)

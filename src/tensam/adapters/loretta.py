@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from tensam.adapters.base import AdaptedLinear
+from tensam.errors import ConfigError
 
 #: loretta_tt: the TT modes of one matrix dimension (output modes; input modes reversed, so the
 #: 4096 x 4096 train is the paper's [4, 4, 16, 16, 16, 16, 4, 4]); 768 as the published code
@@ -68,16 +69,16 @@ REP_MODES: dict[tuple[int, int], tuple[int, ...]] = {
 def tt_modes(size: int) -> tuple[int, ...]:
     """The :data:`TT_MODES` of a matrix dimension; an unknown size raises ValueError."""
     if size not in TT_MODES:
-        raise ValueError(f"loretta_tt has no TT factorization of size {size}; supported sizes: "
-                         f"{sorted(TT_MODES)} (or pass out_modes/in_modes)")
+        raise ConfigError(f"loretta_tt has no TT factorization of size {size}; supported sizes: "
+                          f"{sorted(TT_MODES)} (or pass out_modes/in_modes)")
     return TT_MODES[size]
 
 
 def rep_modes(size: int, r: int) -> tuple[int, ...]:
     """The :data:`REP_MODES` of a (size x r) factor; an unknown pair raises ValueError."""
     if (size, r) not in REP_MODES:
-        raise ValueError(f"loretta_rep has no TT factorization of size {size} with r = {r}; "
-                         f"supported (size, r): {sorted(REP_MODES)} (or pass modes_a/modes_b)")
+        raise ConfigError(f"loretta_rep has no TT factorization of size {size} with r = {r}; "
+                          f"supported (size, r): {sorted(REP_MODES)} (or pass modes_a/modes_b)")
     return REP_MODES[(size, r)]
 
 
@@ -109,7 +110,7 @@ def tt_cores(modes: Sequence[int], rank: int, variance: float, factory: dict,
 def _check_modes(name: str, modes: Sequence[int], size: int) -> tuple[int, ...]:
     modes = tuple(int(n) for n in modes)
     if not modes or any(n < 1 for n in modes) or math.prod(modes) != size:
-        raise ValueError(f"{name}={list(modes)} must be positive sizes with product {size}")
+        raise ConfigError(f"{name}={list(modes)} must be positive sizes with product {size}")
     return modes
 
 
@@ -177,7 +178,7 @@ class LorettaRep(AdaptedLinear):
                  init: str = "reference"):
         super().__init__(base_layer, r, alpha, dropout, init)
         if int(tt_rank) < 1:
-            raise ValueError(f"tt_rank must be >= 1, got {tt_rank}")
+            raise ConfigError(f"tt_rank must be >= 1, got {tt_rank}")
         n_out, n_in, r, new = self.out_features, self.in_features, self.r, self._factory()
         self.tt_rank = int(tt_rank)
         self.modes_a = _check_modes("modes_a", modes_a or rep_modes(n_in, r), n_in * r)

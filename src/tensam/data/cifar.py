@@ -34,6 +34,8 @@ from PIL import Image
 from torch.utils.data import TensorDataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from tensam.errors import ConfigError
+
 #: per-channel mean and standard deviation of the CIFAR-10 training images (in [0, 1])
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
@@ -56,8 +58,8 @@ def _image_files(root: Path) -> Iterator[tuple[PurePosixPath, bytes]]:
     try:
         archive = tarfile.open(root)
     except tarfile.ReadError:
-        raise ValueError(f"task.data.root={str(root)!r} is neither a directory nor a tar "
-                         "archive") from None
+        raise ConfigError(f"task.data.root={str(root)!r} is neither a directory nor a tar "
+                          "archive") from None
     with archive:
         try:
             for member in archive:
@@ -65,8 +67,8 @@ def _image_files(root: Path) -> Iterator[tuple[PurePosixPath, bytes]]:
                     yield PurePosixPath(member.name), archive.extractfile(member).read()
         except (EOFError, OSError, tarfile.TarError, zlib.error) as err:  # truncated, damaged
             first = (str(err).strip() or type(err).__name__).splitlines()[0]
-            raise ValueError(f"task.data.root={str(root)!r} is a truncated or damaged archive "
-                             f"({type(err).__name__}: {first}); copy it again") from None
+            raise ConfigError(f"task.data.root={str(root)!r} is a truncated or damaged archive "
+                              f"({type(err).__name__}: {first}); copy it again") from None
 
 
 def _decode(blobs: list[bytes]) -> np.ndarray:
@@ -75,7 +77,7 @@ def _decode(blobs: list[bytes]) -> np.ndarray:
     for blob in blobs:
         with Image.open(io.BytesIO(blob)) as image:
             if image.size != (32, 32):
-                raise ValueError(f"a CIFAR image is 32x32 pixels, this one {image.size}")
+                raise ConfigError(f"a CIFAR image is 32x32 pixels, this one {image.size}")
             images.append(np.asarray(image.convert("RGB")))
     return np.stack(images)
 
@@ -103,8 +105,8 @@ def read_imagefolder(root: Path, chunk: int = 1000) -> dict:
             submit(split)
         classes = sorted({name for name, _ in keys["train"]})
         if not keys["train"] or classes != sorted({name for name, _ in keys["test"]}):
-            raise ValueError(f"task.data.root={str(root)!r} is not an ImageFolder tree with the "
-                             "same classes in train/<class>/*.jpg and test/<class>/*.jpg")
+            raise ConfigError(f"task.data.root={str(root)!r} is not an ImageFolder tree with the "
+                              "same classes in train/<class>/*.jpg and test/<class>/*.jpg")
         images = {split: np.concatenate([f.result() for f in fs]) for split, fs in futures.items()}
     data = {"classes": classes}
     for split, found in keys.items():
@@ -196,8 +198,8 @@ def balanced_subset(labels: np.ndarray, size: int, num_classes: int, seed: int) 
     per_class, rest = divmod(size, num_classes)
     counts = np.bincount(labels, minlength=num_classes)
     if size < 1 or rest or counts.min() < per_class:
-        raise ValueError(f"task.data.subset={size} must be a positive multiple of the "
-                         f"{num_classes} classes, at most {num_classes * counts.min()}")
+        raise ConfigError(f"task.data.subset={size} must be a positive multiple of the "
+                          f"{num_classes} classes, at most {num_classes * counts.min()}")
     rng = np.random.default_rng([seed, _SUBSET])
     return np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == c), per_class,
                                               replace=False) for c in range(num_classes)]))
@@ -263,26 +265,26 @@ class CIFAR10:
                   "noise_mode": (noise_mode, NOISE_MODES)}
         for key, (value, allowed) in checks.items():
             if value not in allowed:
-                raise ValueError(f"task.data.{key}={value!r}; allowed: {list(allowed)}")
+                raise ConfigError(f"task.data.{key}={value!r}; allowed: {list(allowed)}")
         if train_split == "train50k" and eval_split == "val":
-            raise ValueError("task.data.eval_split=val scores images that train_split=train50k "
-                             "trains on; use train45k, or eval_split=test")
+            raise ConfigError("task.data.eval_split=val scores images that train_split=train50k "
+                              "trains on; use train45k, or eval_split=test")
         if not 0.0 <= label_noise <= 1.0:
-            raise ValueError(f"task.data.label_noise={label_noise} must be in [0, 1]")
+            raise ConfigError(f"task.data.label_noise={label_noise} must be in [0, 1]")
         cache = Path(cache_dir).expanduser()
         if root is None and source == "imagefolder":
-            raise ValueError("task.data.root is not set: point it (or the environment variable "
-                             "TENSAM_CIFAR10) at the CIFAR-10 ImageFolder archive or directory")
+            raise ConfigError("task.data.root is not set: point it (or the environment variable "
+                              "TENSAM_CIFAR10) at the CIFAR-10 ImageFolder archive or directory")
         root_path = Path(root).expanduser() if root is not None else cache / "torchvision"
         if source == "imagefolder" and not root_path.exists():
-            raise ValueError(f"task.data.root={root!r} (or TENSAM_CIFAR10) does not exist")
+            raise ConfigError(f"task.data.root={root!r} (or TENSAM_CIFAR10) does not exist")
 
         data = load_cifar10(source, root_path, cache)
         self.classes = data["classes"]
         self.num_classes = len(self.classes)
         labels = data["train_labels"].numpy()
         if not 0 < val_size < len(labels):
-            raise ValueError(f"task.data.val_size={val_size} must be in (0, {len(labels)})")
+            raise ConfigError(f"task.data.val_size={val_size} must be in (0, {len(labels)})")
         train, val = split_indices(len(labels), val_size, split_seed)
         if train_split == "train50k":
             train = np.arange(len(labels))

@@ -14,6 +14,8 @@ from pathlib import Path
 from torchvision import datasets
 from torchvision import transforms as T
 
+from tensam.errors import ConfigError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -27,25 +29,25 @@ class ImageFolder:
                  crop: int = 224, resize: int = 256,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
         if root is None:
-            raise ValueError("task.data.root is not set: give the ImageFolder directory (class "
-                             "folders under train/ and val/) as task.data.root or "
-                             "$TENSAM_IMAGENET")
+            raise ConfigError("task.data.root is not set: give the ImageFolder directory (class "
+                              "folders under train/ and val/) as task.data.root or "
+                              "$TENSAM_IMAGENET")
         if not 0 < crop <= resize:
-            raise ValueError(f"task.data.crop={crop} must be in (0, task.data.resize={resize}]")
+            raise ConfigError(f"task.data.crop={crop} must be in (0, task.data.resize={resize}]")
         self.root = Path(root).expanduser()
         for key, sub in (("train_dir", train_dir), ("eval_dir", eval_dir)):
             if not (self.root / sub).is_dir():
-                raise ValueError(f"task.data.{key}={sub!r}: {self.root / sub} is not a "
-                                 "directory of class folders")
+                raise ConfigError(f"task.data.{key}={sub!r}: {self.root / sub} is not a "
+                                  "directory of class folders")
         normalize = [T.ToTensor(), T.Normalize(mean, std)]
         self.train = datasets.ImageFolder(self.root / train_dir, T.Compose(
             [T.RandomResizedCrop(crop), T.RandomHorizontalFlip(), *normalize]))
         self.eval = datasets.ImageFolder(self.root / eval_dir, T.Compose(
             [T.Resize(resize), T.CenterCrop(crop), *normalize]))
         if self.train.classes != self.eval.classes:
-            raise ValueError(f"task.data: the class folders of {train_dir}/ "
-                             f"({len(self.train.classes)}) and {eval_dir}/ "
-                             f"({len(self.eval.classes)}) differ")
+            raise ConfigError(f"task.data: the class folders of {train_dir}/ "
+                              f"({len(self.train.classes)}) and {eval_dir}/ "
+                              f"({len(self.eval.classes)}) differ")
         self.num_classes, self.input_shape = len(self.train.classes), (3, crop, crop)
         self.crop, self.resize = crop, resize
 

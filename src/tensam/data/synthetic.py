@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import TensorDataset
 
+from tensam.errors import ConfigError
+
 
 class GaussianBlobs:
     """``num_classes`` Gaussian clusters in ``dim`` dimensions: class c has mean ``separation``
@@ -14,8 +16,8 @@ class GaussianBlobs:
     def __init__(self, n_train: int = 512, n_eval: int = 256, dim: int = 16,
                  num_classes: int = 4, separation: float = 3.0, seed: int = 0):
         if min(n_train, n_eval, dim) < 1 or num_classes < 2:
-            raise ValueError(f"task.data: n_train, n_eval, dim must be >= 1 and num_classes >= 2 "
-                             f"(got {n_train}, {n_eval}, {dim}, {num_classes})")
+            raise ConfigError(f"task.data: n_train, n_eval, dim must be >= 1 and num_classes >= 2 "
+                              f"(got {n_train}, {n_eval}, {dim}, {num_classes})")
         gen = torch.Generator().manual_seed(seed)
         means = torch.randn(num_classes, dim, generator=gen)
         means = separation * means / means.norm(dim=1, keepdim=True)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from tensam.adapters import inject, merge
+from tensam.errors import ConfigError
 
 #: head -> the transformers auto class that builds the network with it
 HEADS = {"sequence_classification": "AutoModelForSequenceClassification",
@@ -61,7 +62,7 @@ def resolve_dtype(dtype: str | None) -> torch.dtype | str:
     if dtype is None:
         return torch.get_default_dtype()
     if dtype not in DTYPES:
-        raise ValueError(f"model.dtype={dtype!r} is not one of {[None, *DTYPES]}")
+        raise ConfigError(f"model.dtype={dtype!r} is not one of {[None, *DTYPES]}")
     return DTYPES[dtype]
 
 
@@ -73,10 +74,10 @@ def build_network(head: str = "sequence_classification", pretrained: str | None 
     import transformers
 
     if head not in HEADS:
-        raise ValueError(f"model.head={head!r} is not one of {list(HEADS)}")
+        raise ConfigError(f"model.head={head!r} is not one of {list(HEADS)}")
     if (pretrained is None) == (config is None):
-        raise ValueError("set exactly one of model.pretrained (weights) and model.config "
-                         "(random weights)")
+        raise ConfigError("set exactly one of model.pretrained (weights) and model.config "
+                          "(random weights)")
     torch_dtype = resolve_dtype(dtype)
     auto = getattr(transformers, HEADS[head])
     labels = {"num_labels": num_labels} if head == "sequence_classification" else {}
@@ -84,7 +85,7 @@ def build_network(head: str = "sequence_classification", pretrained: str | None 
         return auto.from_pretrained(resolve_pretrained(pretrained), dtype=torch_dtype, **labels)
     config = dict(config)
     if "model_type" not in config:
-        raise ValueError("model.config needs a model_type (e.g. bert, roberta, opt)")
+        raise ConfigError("model.config needs a model_type (e.g. bert, roberta, opt)")
     config = transformers.AutoConfig.for_model(**config, **labels)
     return auto.from_config(config, **({} if torch_dtype == "auto" else {"dtype": torch_dtype}))
 
@@ -128,8 +129,8 @@ class HFModel(nn.Module):
                                         if head == "sequence_classification" else [])
             network = inject(network, self.kind, **adapter)
         elif adapter:
-            raise ValueError(f"adapter.kind=none (full fine-tuning) takes no options, got "
-                             f"{sorted(adapter)}")
+            raise ConfigError(f"adapter.kind=none (full fine-tuning) takes no options, got "
+                              f"{sorted(adapter)}")
         self.network = network
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

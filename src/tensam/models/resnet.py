@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tensam.errors import ConfigError
 from tensam.models.mlp import decay_groups
 from tensam.tensorized import CPConv2d, TRConv2d, TTConv2d
 
@@ -95,11 +96,11 @@ class ResNet(nn.Module):
                  decay_biases_and_norms: bool = True):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
-            raise ValueError(f"model.depth={depth} must be 6n + 2 with n >= 1 (20, 32, 44, ...)")
+            raise ConfigError(f"model.depth={depth} must be 6n + 2 with n >= 1 (20, 32, 44, ...)")
         if conv not in CONVS:
-            raise ValueError(f"model.conv={conv!r} is not one of {list(CONVS)}")
+            raise ConfigError(f"model.conv={conv!r} is not one of {list(CONVS)}")
         if conv != "dense" and rank is None:
-            raise ValueError(f"model.conv={conv} needs model.rank")
+            raise ConfigError(f"model.conv={conv} needs model.rank")
         self.depth, self.conv, self.rank = depth, conv, None if conv == "dense" else rank
         self.input_shape, self.num_classes = tuple(input_shape), int(num_classes)
         self.decay_biases_and_norms = decay_biases_and_norms

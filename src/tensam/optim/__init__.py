@@ -3,11 +3,11 @@
 from tensam.optim.bar import BAR, NBAR, OBAR
 from tensam.optim.base import ScalingOptimizer, TwoPassOptimizer, WrappedOptimizer
 from tensam.optim.das import DAS
-from tensam.optim.factory import BASES, METHODS, build_optimizer
+from tensam.optim.factory import build_optimizer
 from tensam.optim.nusam import NuSAM
 from tensam.optim.sam import SAM
 
 __all__ = [
-    "BAR", "BASES", "DAS", "METHODS", "NBAR", "NuSAM", "OBAR", "SAM", "ScalingOptimizer",
-    "TwoPassOptimizer", "WrappedOptimizer", "build_optimizer",
+    "BAR", "DAS", "NBAR", "NuSAM", "OBAR", "SAM", "ScalingOptimizer", "TwoPassOptimizer",
+    "WrappedOptimizer", "build_optimizer",
 ]

@@ -15,7 +15,8 @@ Section 5.2):
 * oBAR (Algorithm 3, lines 4-9): s = -1 if ||x|| >= ||y||, else +1 (factor norms).
 
 alpha_t is ``alpha`` (the paper's mu_0, Tables 6, 8, 11) under a constant, linear or cosine
-schedule (Section 5.2, "Schedule of alpha_t"); eta_t is each core's current learning rate.
+schedule (Section 5.2, "Schedule of alpha_t"; linear decay to 0 by default); eta_t is each
+core's current learning rate.
 The paper defines BAR for two variables only, so a core group with K != 2 cores is rejected.
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from tensam.errors import ConfigError
 from tensam.optim.base import ScalingOptimizer
 from tensam.optim.schedules import check_schedule, scheduled
 
@@ -33,19 +35,19 @@ class BAR(ScalingOptimizer):
     Subclasses define :meth:`x_grows`, the per-group sign test of Algorithm 2 or 3, line 4.
     """
 
-    def __init__(self, base, groups, alpha: float = 0.5, alpha_schedule: str = "constant",
+    def __init__(self, base, groups, alpha: float = 0.5, alpha_schedule: str = "linear",
                  total_steps: int | None = None, compensated: bool = True,
                  flatten: bool | str = "auto"):
         if alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {alpha}")
-        check_schedule(alpha_schedule, total_steps)
+            raise ConfigError(f"alpha must be >= 0, got {alpha}")
         super().__init__(base, groups, compensated=compensated, flatten=flatten)
         for group in self.index.groups:
             if group.K != 2:
-                raise ValueError(
+                raise ConfigError(
                     f"{type(self).__name__} needs core groups of K = 2 factors (x, y), but group "
                     f"{group.name!r} has K = {group.K}; BAR (Algorithms 2-3) is defined for two "
                     f"variables only")
+        check_schedule(alpha_schedule, total_steps)
         self.alpha, self.alpha_schedule, self.total_steps = alpha, alpha_schedule, total_steps
         # +1 for x (first core of a group), -1 for y (second core)
         self._role = torch.tensor([1.0, -1.0]).repeat(self.index.num_layers)

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from tensam.cores import as_core_groups
+from tensam.errors import ConfigError
 from tensam.norms import CoreIndex
 
 Closure = Callable[[], torch.Tensor]
@@ -134,6 +135,27 @@ class WrappedOptimizer(torch.optim.Optimizer):
         return f"{type(self).__name__}(base={type(self.base).__name__})"
 
 
+#: what a two-pass method may perturb, by name (or pass the tensors themselves)
+PERTURB = ("all", "cores")
+
+
+def perturbed_parameters(perturb: str | Iterable[torch.Tensor],
+                         groups=None) -> list[torch.Tensor] | None:
+    """The parameters a two-pass method perturbs: every parameter of the base optimizer
+    (``"all"``: None), the cores of ``groups`` (``"cores"``, SAM restricted to the
+    factorization), or the tensors given."""
+    if not isinstance(perturb, str):
+        return list(perturb)
+    if perturb not in PERTURB:
+        raise ConfigError(f"perturb={perturb!r} is not one of {list(PERTURB)}")
+    if perturb == "all":
+        return None
+    chosen = [c for g in as_core_groups(groups) for c in g.cores]
+    if not chosen:
+        raise ConfigError("perturb='cores' but the model has no core groups")
+    return chosen
+
+
 class TwoPassOptimizer(WrappedOptimizer):
     """Perturb, re-evaluate the gradient, restore exactly, then take the base step.
 
@@ -146,13 +168,15 @@ class TwoPassOptimizer(WrappedOptimizer):
 
     passes = 2
 
-    def __init__(self, base, params_to_perturb: Iterable[torch.Tensor] | None = None, **defaults):
-        self._chosen = None if params_to_perturb is None else {id(p) for p in params_to_perturb}
+    def __init__(self, base, perturb: str | Iterable[torch.Tensor] = "all", groups=None,
+                 **defaults):
+        chosen = perturbed_parameters(perturb, groups)
+        self._chosen = None if chosen is None else {id(p) for p in chosen}
         super().__init__(base, defaults)
         self._saved = None
         self._params_changed()
         if not self._perturbed:
-            raise ValueError("no parameter selected for perturbation")
+            raise ConfigError("no parameter selected for perturbation")
 
     def _params_changed(self) -> None:
         chosen = self._chosen
@@ -213,7 +237,7 @@ class ScalingOptimizer(WrappedOptimizer):
     def __init__(self, base, groups=None, compensated: bool = True,
                  flatten: bool | str = "auto", **defaults):
         if flatten not in (True, False, "auto"):
-            raise ValueError(f"flatten={flatten!r} is not one of [True, False, 'auto']")
+            raise ConfigError(f"flatten={flatten!r} is not one of [True, False, 'auto']")
         super().__init__(base, defaults)
         self.index = CoreIndex(as_core_groups(groups))
         self._lr_cache: tuple[tuple, torch.Tensor] | None = None
@@ -228,7 +252,7 @@ class ScalingOptimizer(WrappedOptimizer):
         group_of = {id(p): i for i, g in enumerate(self.param_groups) for p in g["params"]}
         missing = [g.name for g in self.index.groups if any(id(c) not in group_of for c in g.cores)]
         if missing:
-            raise ValueError(f"cores of {missing} are not among the base optimizer's parameters")
+            raise ConfigError(f"cores of {missing} are not among the base optimizer's parameters")
         self._core_param_group = torch.tensor([group_of[id(c)] for c in self.index.cores])
         self._lr_cache = None
 
@@ -266,7 +290,7 @@ class ScalingOptimizer(WrappedOptimizer):
         idx.to(idx.cores[0].device)  # the index tensors follow the cores (a device move)
         self._lr_cache = None
         if self._wants_flat() and not idx.flatten_() and self.flatten is True:
-            raise ValueError("flatten=True needs leaf cores of one dtype and device")
+            raise ConfigError("flatten=True needs leaf cores of one dtype and device")
         if self.compensated:
             self._init_residuals()
             if residuals is not None:

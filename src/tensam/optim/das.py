@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from tensam.errors import ConfigError
 from tensam.optim.base import ScalingOptimizer
 from tensam.optim.schedules import check_schedule, scheduled
 
@@ -32,10 +33,10 @@ class DAS(ScalingOptimizer):
                  alpha_schedule: str = "constant", total_steps: int | None = None,
                  eps: float = 1e-12, compensated: bool = True, flatten: bool | str = "auto"):
         if alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {alpha}")
+            raise ConfigError(f"alpha must be >= 0, got {alpha}")
         if normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization={normalization!r} is not one of "
-                             f"{list(NORMALIZATIONS)}")
+            raise ConfigError(f"normalization={normalization!r} is not one of "
+                              f"{list(NORMALIZATIONS)}")
         check_schedule(alpha_schedule, total_steps)
         super().__init__(base, groups, compensated=compensated, flatten=flatten)
         self.alpha, self.normalization, self.eps = alpha, normalization, eps

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from tensam.optim.base import TwoPassOptimizer
+from tensam.errors import ConfigError
+from tensam.optim.base import TwoPassOptimizer, perturbed_parameters
 
 #: which parameters are "weight matrices" (Algorithm 1 perturbs matrices only)
 MATRICES = {"2d": lambda p: p.dim() == 2, "flatten": lambda p: p.dim() >= 2}
@@ -40,7 +41,7 @@ def top_singular_pairs(mats: list[torch.Tensor], us: list[torch.Tensor], iterati
     divisions are batched over all matrices.
     """
     if iterations < 1:
-        raise ValueError(f"power_iterations must be >= 1, got {iterations}")
+        raise ConfigError(f"power_iterations must be >= 1, got {iterations}")
     for _ in range(iterations):
         vs = [a.T @ u for a, u in zip(mats, us, strict=True)]
         _normalize_(vs, tau)
@@ -62,7 +63,8 @@ class NuSAM(TwoPassOptimizer):
     Descent (step 3): M_i <- M_i - c_i u_i v_i^T, then the base step with the gradient taken at
     the perturbed point.
 
-    ``matrices`` selects the perturbed parameters among ``params_to_perturb`` (default: all):
+    ``matrices`` selects the perturbed parameters among those of ``perturb`` (all, the cores,
+    or the tensors given):
     ``"2d"`` the 2-D parameters (the paper), ``"flatten"`` every parameter with >= 2 dims,
     viewed as a (shape[0], -1) matrix (e.g. conv kernels or Tucker cores).
 
@@ -81,21 +83,21 @@ class NuSAM(TwoPassOptimizer):
 
     def __init__(self, base, rho: float = 0.05, power_iterations: int = 1,
                  normalized: bool = False, matrices: str = "2d", restore: str = "inplace",
-                 params_to_perturb=None, tau: float = 1e-12, seed: int = 0):
+                 perturb="all", groups=None, tau: float = 1e-12, seed: int = 0):
         if not rho > 0:
-            raise ValueError(f"rho must be > 0, got {rho}")
+            raise ConfigError(f"rho must be > 0, got {rho}")
         if power_iterations < 1:
-            raise ValueError(f"power_iterations must be >= 1, got {power_iterations}")
+            raise ConfigError(f"power_iterations must be >= 1, got {power_iterations}")
         if matrices not in MATRICES:
-            raise ValueError(f"matrices={matrices!r} is not one of {list(MATRICES)}")
+            raise ConfigError(f"matrices={matrices!r} is not one of {list(MATRICES)}")
         if restore not in RESTORES:
-            raise ValueError(f"restore={restore!r} is not one of {list(RESTORES)}")
-        candidates = (list(params_to_perturb) if params_to_perturb is not None
-                      else [p for g in base.param_groups for p in g["params"]])
+            raise ConfigError(f"restore={restore!r} is not one of {list(RESTORES)}")
+        candidates = (perturbed_parameters(perturb, groups)
+                      or [p for g in base.param_groups for p in g["params"]])
         chosen = [p for p in candidates if MATRICES[matrices](p)]
         if not chosen:
-            raise ValueError(f"nuSAM found no parameter to perturb with matrices={matrices!r} "
-                             f"(shapes: {[tuple(p.shape) for p in candidates]})")
+            raise ConfigError(f"nuSAM found no parameter to perturb with matrices={matrices!r} "
+                              f"(shapes: {[tuple(p.shape) for p in candidates]})")
         super().__init__(base, chosen, rho=rho)
         self.power_iterations, self.normalized = power_iterations, normalized
         self.restore, self.tau = restore, tau

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from tensam.errors import ConfigError
 from tensam.optim.base import TwoPassOptimizer
 
 
@@ -17,17 +18,18 @@ class SAM(TwoPassOptimizer):
 
     Algorithm 1, line 5: e_k = rho * g_k / sqrt(sum_j ||g_j||^2), the norm taken over all perturbed
     parameters. With ``adaptive=True`` (ASAM): e = rho * T^2 g / ||T g|| with T = |w| + eta,
-    elementwise. ``rho`` is a param-group option: a group may set its own (e.g. a smaller radius
-    for a head), the norm stays global.
+    elementwise. ``perturb``: ``"all"`` parameters, the ``"cores"`` of ``groups``, or the tensors
+    given (:func:`~tensam.optim.base.perturbed_parameters`). ``rho`` is a param-group option: a
+    group may set its own (e.g. a smaller radius for a head), the norm stays global.
     """
 
     def __init__(self, base, rho: float = 0.05, adaptive: bool = False, eta: float = 0.01,
-                 params_to_perturb=None):
+                 perturb="all", groups=None):
         if not rho > 0:
-            raise ValueError(f"rho must be > 0, got {rho}")
+            raise ConfigError(f"rho must be > 0, got {rho}")
         if adaptive and eta < 0:
-            raise ValueError(f"eta must be >= 0 for adaptive SAM, got {eta}")
-        super().__init__(base, params_to_perturb, rho=rho)
+            raise ConfigError(f"eta must be >= 0 for adaptive SAM, got {eta}")
+        super().__init__(base, perturb, groups, rho=rho)
         self.adaptive, self.eta = adaptive, eta
 
     def perturbation(self, params, grads):

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import math
 
+from tensam.errors import ConfigError
+
 SCHEDULES = ("constant", "linear", "cosine")
 
 
 def check_schedule(schedule: str, total_steps: int | None) -> None:
     if schedule not in SCHEDULES:
-        raise ValueError(f"alpha_schedule={schedule!r} is not one of {list(SCHEDULES)}")
+        raise ConfigError(f"alpha_schedule={schedule!r} is not one of {list(SCHEDULES)}")
     if schedule != "constant" and (total_steps is None or total_steps <= 0):
-        raise ValueError(f"alpha_schedule={schedule!r} needs total_steps > 0, got {total_steps}")
+        raise ConfigError(f"alpha_schedule={schedule!r} needs total_steps > 0, got {total_steps}")
 
 
 def scheduled(value: float, schedule: str, step: int, total_steps: int | None) -> float:

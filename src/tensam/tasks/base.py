@@ -17,9 +17,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from tensam.errors import ConfigError
+
 #: seconds a task without local data waits for the Hugging Face hub to answer before it gives up
 #: (``datasets`` itself retries for about 25 s and ends in a traceback)
 HUB_TIMEOUT = 5.0
+
+
+def tokenizer_name(tokenizer: str | None, pretrained: str | None) -> str:
+    """The tokenizer a text task uses: ``tokenizer`` when set, else the model's ``pretrained``
+    weights' (the run passes the model config's ``pretrained``: a task never reads model
+    keys itself)."""
+    name = tokenizer if tokenizer is not None else pretrained
+    if not isinstance(name, str):
+        raise ConfigError(f"task.tokenizer=null and the model names no pretrained weights "
+                          f"(model.pretrained={pretrained!r}); set task.tokenizer")
+    return name
 
 
 def hub_unreachable(timeout: float = HUB_TIMEOUT) -> str | None:
@@ -49,13 +62,17 @@ class Task(ABC):
     primary_metric: str = "loss"
     #: batches per epoch (None: the task has no epochs, e.g. full-batch or fresh draws)
     steps_per_epoch: int | None = None
+    #: where batches go (:meth:`to`)
+    device = torch.device("cpu")
 
     def model_inputs(self) -> dict[str, Any]:
         """Data-dependent keyword arguments for the model's constructor."""
         return {}
 
     def to(self, device: torch.device) -> Task:
-        """Move the task's tensors (data, masks) to ``device``; returns the task."""
+        """Send batches to ``device`` (a task with tensors of its own moves them too); returns
+        the task."""
+        self.device = torch.device(device)
         return self
 
     def batch(self, step: int) -> Any:
@@ -83,8 +100,9 @@ class Task(ABC):
         noise, ...)."""
         return {}
 
-    def baselines(self) -> dict[str, dict[str, float]]:
-        """Non-gradient reference solutions (e.g. HOOI), evaluated with the same metrics."""
+    def baselines(self, model: nn.Module) -> dict[str, dict[str, float]]:
+        """Non-gradient reference solutions for ``model``'s family (e.g. HOOI at its rank),
+        evaluated with the same metrics."""
         return {}
 
     @classmethod
@@ -98,6 +116,6 @@ class Task(ABC):
         if metric == "train/loss":
             return False
         if metric not in cls.metrics:
-            raise ValueError(f"objective={metric!r} is not a metric of {cls.__name__}; allowed: "
-                             f"{sorted([*cls.metrics, 'train/loss'])}")
+            raise ConfigError(f"objective={metric!r} is not a metric of {cls.__name__}; allowed: "
+                              f"{sorted([*cls.metrics, 'train/loss'])}")
         return cls.metrics[metric]

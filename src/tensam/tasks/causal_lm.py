@@ -52,9 +52,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from tensam.distributed import unwrap
+from tensam.errors import ConfigError
 from tensam.models.hf import resolve_pretrained
-from tensam.tasks.base import hub_unreachable
-from tensam.tasks.classification import Classification
+from tensam.tasks.base import Task, hub_unreachable, tokenizer_name
+from tensam.tasks.classification import EpochOrder
 
 Tensors = dict[str, torch.Tensor]
 
@@ -206,8 +207,8 @@ def mezo_split(n_pool: int, n_train: int, n_val: int, seed: int) -> tuple[np.nda
     ``RandomState(seed).permutation(n_pool)`` (all when fewer), the last ``n_val`` validating."""
     order = np.random.RandomState(seed).permutation(n_pool)[:n_train + n_val]
     if len(order) <= n_val:
-        raise ValueError(f"task.n_val={n_val} leaves none of the {n_pool} training examples to "
-                         "train on")
+        raise ConfigError(f"task.n_val={n_val} leaves none of the {n_pool} training examples to "
+                          "train on")
     return order[:-n_val], order[-n_val:]
 
 
@@ -262,49 +263,64 @@ def option_scores(logits: torch.Tensor, input_ids: torch.Tensor,
     return total, predicted.sum(1)
 
 
-class CausalLMTask(Classification):
+class CausalLMTask(Task):
     """A MeZO-style prompted task for a causal LM (``HFModel`` with ``head: causal_lm``).
 
     ``name``: cb | boolq | wsc | rte | copa | record | squad | drop. Training batches are
-    ``batch_size`` examples in :class:`Classification`'s seeded, resumable epoch order.
+    ``batch_size`` examples in an :class:`~tensam.tasks.classification.EpochOrder` (seeded,
+    resumable epochs).
     """
 
     metrics = {f"{prefix}{m}": m != "loss" for prefix in ("", "val_")
                for m in ("accuracy", "f1", "em", "loss")}
 
     def __init__(self, name: str = "cb", n_train: int = 1000, n_val: int = 500,
-                 n_test: int = 1000, data_seed: int = 0, tokenizer: str = "minilm",
+                 n_test: int = 1000, data_seed: int = 0, tokenizer: str | None = "minilm",
                  data_dir: str | None = None, max_length: int = 2048, max_new_tokens: int = 50,
-                 batch_size: int = 1, eval_batch_size: int = 8):
+                 batch_size: int = 1, eval_batch_size: int = 8, pretrained: str | None = None):
         if name not in SPECS:
-            raise ValueError(f"task.name={name!r} is not one of {sorted(SPECS)}")
+            raise ConfigError(f"task.name={name!r} is not one of {sorted(SPECS)}")
         for key, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test),
                            ("max_length", max_length), ("max_new_tokens", max_new_tokens)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"task.{key}={value!r} must be an integer >= 1")
+                raise ConfigError(f"task.{key}={value!r} must be an integer >= 1")
         if max_new_tokens >= max_length:
-            raise ValueError(f"task.max_new_tokens={max_new_tokens} must be below "
-                             f"task.max_length={max_length}")
+            raise ConfigError(f"task.max_new_tokens={max_new_tokens} must be below "
+                              f"task.max_length={max_length}")
         self.name, self.spec = name, SPECS[name]
         if data_dir is not None:
             for split in ("train", "val"):
                 path = Path(data_dir).expanduser() / self.spec.folder / f"{split}.jsonl"
                 if not path.is_file():
-                    raise ValueError(f"task.data_dir={data_dir!r} has no "
-                                     f"{self.spec.folder}/{split}.jsonl")
+                    raise ConfigError(f"task.data_dir={data_dir!r} has no "
+                                      f"{self.spec.folder}/{split}.jsonl")
         self.n_train, self.n_val, self.n_test = n_train, n_val, n_test
-        self.tokenizer_name, self.data_dir = tokenizer, data_dir
+        self.tokenizer_name, self.data_dir = tokenizer_name(tokenizer, pretrained), data_dir
         self.max_length, self.max_new_tokens = max_length, max_new_tokens
         self.primary_metric = self.primary_metric_of({"name": name})
-        super().__init__(self, batch_size, eval_batch_size, num_workers=0, data_seed=data_seed)
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ConfigError(f"task.batch_size={batch_size}, task.eval_batch_size="
+                              f"{eval_batch_size} must be >= 1")
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.data_seed = data_seed
 
     @classmethod
     def primary_metric_of(cls, task_cfg: dict) -> str:
         spec = SPECS.get(task_cfg.get("name", "cb"))
         return "val_f1" if spec is not None and spec.generate else "val_accuracy"
 
-    def model_inputs(self) -> dict:
-        return {}  # the causal LM takes nothing from the data (Classification's would)
+    @cached_property
+    def order(self) -> EpochOrder:
+        """The epochs over the training prompts (read here: ``train.py`` sizes the task while
+        it builds, so a missing source fails before any work)."""
+        return EpochOrder(len(self.train), self.batch_size, self.data_seed)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.order.steps_per_epoch
+
+    def batch_indices(self, start_step: int = 0) -> Iterator[list[int]]:
+        return self.order.batch_indices(start_step)
 
     # -- data -----------------------------------------------------------------------------
 
@@ -313,7 +329,7 @@ class CausalLMTask(Classification):
         """The ``train``, ``val`` and ``test`` prompts (read and sampled on first use)."""
         if self.data_dir is None and (why := hub_unreachable()) is not None:
             folder = self.spec.folder
-            raise ValueError(
+            raise ConfigError(
                 f"task.data_dir is unset (TENSAM_SUPERGLUE) and the Hugging Face hub cannot be "
                 f"reached ({why}): set TENSAM_SUPERGLUE to a folder holding {folder}/train.jsonl "
                 f"and {folder}/val.jsonl (JSON lines), or HF_DATASETS_OFFLINE=1 to read the "
@@ -328,7 +344,7 @@ class CausalLMTask(Classification):
 
     @property
     def train(self) -> list[Prompt]:
-        """The training prompts (:class:`Classification` draws its epochs over them)."""
+        """The training prompts (:attr:`order` draws its epochs over them)."""
         return self.prompts["train"]
 
     @cached_property

@@ -11,12 +11,11 @@ Two protocols, both reported for every run (see ``experiments/table1/README.md``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 from torch import nn
 
+from tensam.errors import ConfigError
 from tensam.tasks.base import Task
 
 PROTOCOLS = ("heldout", "paper")
@@ -28,7 +27,7 @@ HOOI_TOL = 1e-5
 def load_tensor(name: str = "covid19_serology") -> np.ndarray:
     """The dense data tensor; ``covid19_serology`` ships with tensorly (438 x 6 x 11)."""
     if name != "covid19_serology":
-        raise ValueError(f"task.dataset={name!r} is not one of ['covid19_serology']")
+        raise ConfigError(f"task.dataset={name!r} is not one of ['covid19_serology']")
     from tensorly.datasets import load_covid19_serology
 
     return np.asarray(load_covid19_serology().tensor, dtype=np.float64)
@@ -58,28 +57,24 @@ def r2_centred(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 
 class TuckerCompletion(Task):
     """Fit a Tucker model (``model_inputs``: the tensor's shape) to the observed entries of a
-    dense tensor. ``rank`` and ``seed`` are used by the HOOI baseline only."""
+    dense tensor. ``seed`` is used by the HOOI baseline only, which fits the model's rank."""
 
     metrics = {"r2_heldout": True, "r2_observed": True, "r2_heldout_uncentred": True,
                "rmse_heldout": False}
     primary_metric = "r2_heldout"
 
-    def __init__(self, rank=(8, 6, 8), protocol: str = "heldout", observed: float = 0.3,
+    def __init__(self, protocol: str = "heldout", observed: float = 0.3,
                  loss: str | None = None, split: int = 0, seed: int = 0,
                  dataset: str = "covid19_serology", hooi_iter: int = 50000):
         if protocol not in PROTOCOLS:
-            raise ValueError(f"task.protocol={protocol!r} is not one of {list(PROTOCOLS)}")
+            raise ConfigError(f"task.protocol={protocol!r} is not one of {list(PROTOCOLS)}")
         loss = loss or ("sum" if protocol == "paper" else "mean")
         if loss not in LOSSES:
-            raise ValueError(f"task.loss={loss!r} is not one of {list(LOSSES)}")
+            raise ConfigError(f"task.loss={loss!r} is not one of {list(LOSSES)}")
         if not 0 < observed < 1:
-            raise ValueError(f"task.observed={observed} must be in (0, 1)")
+            raise ConfigError(f"task.observed={observed} must be in (0, 1)")
         self.data = load_tensor(dataset)
-        if not isinstance(rank, Sequence) or len(rank) != self.data.ndim \
-                or not all(isinstance(r, int) and r >= 1 for r in rank):
-            raise ValueError(f"model.rank={rank!r} must be {self.data.ndim} positive integers, "
-                             f"one per mode of the {list(self.data.shape)} tensor")
-        self.rank, self.protocol, self.loss_kind = tuple(rank), protocol, loss
+        self.protocol, self.loss_kind = protocol, loss
         self.primary_metric = self.primary_metric_of({"protocol": protocol})
         self.seed, self.hooi_iter = seed, hooi_iter
         self.mask_np = observation_mask(self.data.shape, protocol, observed, split)
@@ -119,8 +114,9 @@ class TuckerCompletion(Task):
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         return self.scores(model())
 
-    def baselines(self) -> dict[str, dict[str, float]]:
-        """Masked Tucker-HOOI from tensorly (Table 1's HOOI column), same metrics.
+    def baselines(self, model: nn.Module) -> dict[str, dict[str, float]]:
+        """Masked Tucker-HOOI from tensorly at the rank of ``model`` (Table 1's HOOI column),
+        same metrics.
 
         ``tensorly.decomposition.tucker(..., mask=M)`` alternates EM imputation of the missing
         entries, X <- M*X + (1-M)*Xhat, with one HOOI sweep, and stops when the reconstruction
@@ -134,7 +130,7 @@ class TuckerCompletion(Task):
 
         tl.set_backend("numpy")
         observed = self.mask_np.astype(float)
-        (core, factors), errors = tucker(self.data * observed, rank=list(self.rank), mask=observed,
+        (core, factors), errors = tucker(self.data * observed, rank=list(model.rank), mask=observed,
                                          n_iter_max=self.hooi_iter, init="random", tol=HOOI_TOL,
                                          random_state=self.seed, return_errors=True)
         pred = torch.tensor(tl.tucker_to_tensor((core, factors)), dtype=torch.float32)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tensam.errors import ConfigError
 from tensam.tasks.base import Task
 
 BATCHINGS = ("full", "fresh", "entries")
@@ -54,17 +55,18 @@ class Tucker2Denoise(Task):
                  batching: str = "full", batch_size: int = 0, data_seed: int = 0,
                  dtype: str = "float32"):
         if len(shape) != 2:
-            raise ValueError(f"task.shape={list(shape)} must have 2 entries (a matrix)")
+            raise ConfigError(f"task.shape={list(shape)} must have 2 entries (a matrix)")
         if not 1 <= target_rank <= min(shape):
-            raise ValueError(f"task.target_rank={target_rank} must be in [1, {min(shape)}]")
+            raise ConfigError(f"task.target_rank={target_rank} must be in [1, {min(shape)}]")
         if noise < 0:
-            raise ValueError(f"task.noise={noise} must be >= 0")
+            raise ConfigError(f"task.noise={noise} must be >= 0")
         if batching not in BATCHINGS:
-            raise ValueError(f"task.batching={batching!r} is not one of {list(BATCHINGS)}")
+            raise ConfigError(f"task.batching={batching!r} is not one of {list(BATCHINGS)}")
         if batching == "entries" and batch_size <= 0:
-            raise ValueError(f"task.batching='entries' needs task.batch_size > 0, got {batch_size}")
+            raise ConfigError("task.batching='entries' needs task.batch_size > 0, got "
+                              f"{batch_size}")
         if dtype not in DTYPES:
-            raise ValueError(f"task.dtype={dtype!r} is not one of {list(DTYPES)}")
+            raise ConfigError(f"task.dtype={dtype!r} is not one of {list(DTYPES)}")
         self.shape, self.noise = tuple(shape), float(noise)
         self.batching, self.batch_size, self.data_seed = batching, int(batch_size), data_seed
         self.dtype = DTYPES[dtype]

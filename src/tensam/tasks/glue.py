@@ -27,12 +27,13 @@ rather than after ``datasets``' retries. With a ``data_dir`` (e.g.
 - ``sst-5/{train,test}.csv``, ``trec/{train,test}.csv``: LM-BFF's CSV files, no header,
   ``label,sentence`` per row with label ids (TREC: DESC, ENTY, ABBR, HUM, LOC, NUM).
 
-The text is tokenized by the model's tokenizer (``tokenizer``: a path, a hub name or a packaged
-name such as ``minilm``) and fed either to a classification head or, with ``prompt``, to a masked
-LM as LM-BFF's prompt (its template, e.g. ``<sentence> It was [MASK] .``), the logits being the
-MLM logits at the mask restricted to the label words (LM-BFF's prompt-based fine-tuning, which
-MeZO and the paper's codebase use). The data are read, sampled and tokenized on first use, so
-composing and building a run needs neither the data nor the tokenizer.
+The text is tokenized by ``tokenizer`` (a path, a hub name or a packaged name such as ``minilm``;
+null: the model's, ``pretrained``, which the run passes) and fed either to a classification
+head or, with ``prompt``, to a masked LM as LM-BFF's prompt (its template, e.g.
+``<sentence> It was [MASK] .``), the logits being the MLM logits at the mask restricted to the
+label words (LM-BFF's prompt-based fine-tuning, which MeZO and the paper's codebase use). The
+data are read, sampled and tokenized on first use, so composing and building a run needs neither
+the data nor the tokenizer.
 """
 
 from __future__ import annotations
@@ -43,16 +44,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tensam.errors import ConfigError
 from tensam.models.hf import resolve_pretrained
-from tensam.tasks.base import hub_unreachable
-from tensam.tasks.classification import Classification
+from tensam.tasks.base import Task, hub_unreachable, tokenizer_name
+from tensam.tasks.classification import EpochOrder
 
 Tensors = dict[str, torch.Tensor]
 PAIR = "*cls**sent-_0*?*mask*,*+sentl_1**sep+*"  # LM-BFF / MeZO's template of MNLI, SNLI, RTE
@@ -153,7 +154,7 @@ def few_shot_indices(labels: np.ndarray, k: int, seed: int, num_labels: int,
         of_class = order[labels[order] == c]
         if len(of_class) < (1 if cap else 2 * k):
             need = "one" if cap else f"2 k = {2 * k} (k for training, k for validation)"
-            raise ValueError(f"class {c} has {len(of_class)} training examples, fewer than {need}")
+            raise ConfigError(f"class {c} has {len(of_class)} training examples, fewer than {need}")
         train.append(of_class[:k])
         val.append(of_class[k:2 * k])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
@@ -203,8 +204,8 @@ def prompt_ids(tokenizer, template: str, columns: list[list[str]],
             parts.append(encode([part.replace("_", " ")])[0])
     budget = max_length - sum(len(p) for p in parts if isinstance(p, list))
     if budget < len(sentences):
-        raise ValueError(f"task.max_length={max_length} leaves no room for the sentences in "
-                         f"the prompt template {template!r}")
+        raise ConfigError(f"task.max_length={max_length} leaves no room for the sentences in "
+                          f"the prompt template {template!r}")
     rows = []
     for n in range(len(columns[0])):
         sent = [[t for t in s[n] if t != special["mask"]] for s in sentences]
@@ -214,7 +215,7 @@ def prompt_ids(tokenizer, template: str, columns: list[list[str]],
     return rows
 
 
-class GlueFewShot(Classification):
+class GlueFewShot(Task):
     """Cross-entropy on k-shot GLUE (SST-2, SST-5, RTE, MNLI, SNLI, TREC) of a sequence
     classifier, or with ``prompt`` of a masked LM over the task's label words at the mask of its
     LM-BFF template; accuracy and mean loss on the validation (``val_*``) and test
@@ -222,8 +223,8 @@ class GlueFewShot(Classification):
 
     Batches are dicts of ``input_ids``, ``attention_mask`` (``token_type_ids`` where the
     tokenizer gives them, without ``prompt``) and ``labels``, cut to their longest example. The
-    training order is :class:`Classification`'s (DistributedSampler epochs seeded by
-    ``data_seed``, exact resume).
+    training order is an :class:`~tensam.tasks.classification.EpochOrder` over the k-shot
+    training set (DistributedSampler epochs seeded by ``data_seed``, exact resume).
     """
 
     metrics = {"accuracy": True, "loss": False, "val_accuracy": True, "val_loss": False}
@@ -231,33 +232,35 @@ class GlueFewShot(Classification):
     primary_metric = "val_accuracy"
 
     def __init__(self, name: str = "sst2", k: int = 16, data_seed: int = 13,
-                 tokenizer: str = "minilm", data_dir: str | None = None, max_length: int = 128,
+                 tokenizer: str | None = "minilm", data_dir: str | None = None,
+                 max_length: int = 128,
                  max_test: int = 1000, batch_size: int = 16, eval_batch_size: int = 128,
-                 prompt: bool = False, test_seed: int | None = TEST_SEED):
+                 prompt: bool = False, test_seed: int | None = TEST_SEED,
+                 pretrained: str | None = None):
         if name not in GLUE:
-            raise ValueError(f"task.name={name!r} is not one of {sorted(GLUE)}")
+            raise ConfigError(f"task.name={name!r} is not one of {sorted(GLUE)}")
         for key, value in (("k", k), ("max_length", max_length), ("max_test", max_test)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"task.{key}={value!r} must be an integer >= 1")
+                raise ConfigError(f"task.{key}={value!r} must be an integer >= 1")
         if test_seed is not None and (isinstance(test_seed, bool) or not isinstance(test_seed, int)
                                       or test_seed < 0):
-            raise ValueError(f"task.test_seed={test_seed!r} must be an integer >= 0 or null "
-                             "(null: the data seed)")
+            raise ConfigError(f"task.test_seed={test_seed!r} must be an integer >= 0 or null "
+                              "(null: the data seed)")
         if not isinstance(prompt, bool):
-            raise ValueError(f"task.prompt={prompt!r} must be true or false")
+            raise ConfigError(f"task.prompt={prompt!r} must be true or false")
         spec = GLUE[name]
         for split in ("train", "test") if data_dir is not None else ():
             if not local_file(name, split, data_dir).is_file():
-                raise ValueError(f"task.data_dir={data_dir!r} has no "
-                                 f"{spec.folder}/{spec.files[split != 'train']}")
+                raise ConfigError(f"task.data_dir={data_dir!r} has no "
+                                  f"{spec.folder}/{spec.files[split != 'train']}")
         self.name, self.spec, self.k, self.prompt = name, spec, k, prompt
-        self.tokenizer, self.data_dir = tokenizer, data_dir
+        self.tokenizer, self.data_dir = tokenizer_name(tokenizer, pretrained), data_dir
         self.max_length, self.max_test, self.test_seed = max_length, max_test, test_seed
-        # the epoch logic draws orders over the k-shot training set, whose size the protocol
-        # fixes (unless a class is short of k: then it is set once the data are read)
-        n_train = k * len(self.spec.labels)
-        super().__init__(SimpleNamespace(train=range(n_train)), batch_size, eval_batch_size,
-                         num_workers=0, data_seed=data_seed)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.data_seed = data_seed
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ConfigError(f"task.batch_size={batch_size}, task.eval_batch_size="
+                              f"{eval_batch_size} must be >= 1")
 
     def model_inputs(self) -> dict:
         return {"num_labels": len(self.spec.labels)}
@@ -270,19 +273,29 @@ class GlueFewShot(Classification):
         if why is not None:
             kind = ("LM-BFF's label,sentence CSVs" if self.spec.files[0].endswith(".csv")
                     else "GLUE's TSVs with a header row")
-            raise ValueError(
+            raise ConfigError(
                 f"task.data_dir is unset (TENSAM_GLUE) and the Hugging Face hub cannot be reached "
                 f"({why}): set TENSAM_GLUE to a folder holding {self.spec.folder}/"
                 f"{self.spec.files[0]} and {self.spec.folder}/{self.spec.files[1]} ({kind}), or "
                 "HF_DATASETS_OFFLINE=1 to read the datasets cache")
         return True
 
-    @cached_property
+    @property
+    def order(self) -> EpochOrder:
+        """The epochs over the k-shot training set, whose size the protocol fixes (k per class)
+        until the data are read: a class short of k (TREC's ABBR at k = 512) shrinks it then."""
+        size = (len(self.splits["train"]["labels"]) if "splits" in self.__dict__
+                else self.k * len(self.spec.labels))
+        if getattr(self, "_order", None) is None or self._order.size != size:
+            self._order = EpochOrder(size, self.batch_size, self.data_seed)
+        return self._order
+
+    @property
     def steps_per_epoch(self) -> int:
-        """:class:`Classification`'s, once the data's source is checked: ``train.py`` asks for
-        it while it builds, so a missing source fails there, before any work."""
+        """The order's, once the data's source is checked: ``train.py`` asks for it while it
+        builds, so a missing source fails there, before any work."""
         self.source_checked  # noqa: B018
-        return Classification.steps_per_epoch.func(self)
+        return self.order.steps_per_epoch
 
     @cached_property
     def hf_tokenizer(self):
@@ -298,14 +311,14 @@ class GlueFewShot(Classification):
         lower-cases where the tokenizer does), which must be one token."""
         tokenizer = self.hf_tokenizer
         if tokenizer.mask_token_id is None:
-            raise ValueError(f"task.prompt=true needs a tokenizer with a mask token; "
-                             f"{self.tokenizer!r} has none")
+            raise ConfigError(f"task.prompt=true needs a tokenizer with a mask token; "
+                              f"{self.tokenizer!r} has none")
         ids = []
         for word in self.spec.words:
             encoded = tokenizer.encode(" " + word, add_special_tokens=False)
             if len(encoded) != 1:
-                raise ValueError(f"the label word {word!r} of task {self.name} is "
-                                 f"{len(encoded)} tokens of {self.tokenizer!r}, not one")
+                raise ConfigError(f"the label word {word!r} of task {self.name} is "
+                                  f"{len(encoded)} tokens of {self.tokenizer!r}, not one")
             ids.append(encoded[0])
         return ids
 
@@ -332,9 +345,6 @@ class GlueFewShot(Classification):
         texts, labels = read_glue(self.name, "train", self.data_dir)
         train, val = few_shot_indices(labels, self.k, self.data_seed, len(self.spec.labels),
                                       cap=True)
-        if len(train) != len(self.data.train):  # a class short of k (TREC's ABBR at k = 512)
-            self.data = SimpleNamespace(train=range(len(train)))
-            self.__dict__.pop("steps_per_epoch", None)  # Classification recomputes it
         test_texts, test_labels = read_glue(self.name, "test", self.data_dir)
         test = capped_test_indices(len(test_labels), self.max_test,
                                    self.data_seed if self.test_seed is None else self.test_seed)
@@ -356,7 +366,7 @@ class GlueFewShot(Classification):
 
     def batch_indices(self, start_step: int = 0) -> Iterator[list[int]]:
         self.splits  # noqa: B018 (the training set's size is known once the data are read)
-        return super().batch_indices(start_step)
+        return self.order.batch_indices(start_step)
 
     def batches(self, start_step: int = 0) -> Iterator[Tensors]:
         for indices in self.batch_indices(start_step):

@@ -77,7 +77,7 @@ class ImageClassification(Classification):
         index = torch.tensor(indices).to(self.device, non_blocking=True)
         x = normalize(self.train_x[index], self.mean, self.std)
         if self.augment:
-            generator = step_generator(self.data_seed, step, self.rank)
+            generator = step_generator(self.data_seed, step, self.order.rank)
             x = crop_flip(x, *crop_flip_params(len(indices), generator))
         return x, self.train_y[index]
 

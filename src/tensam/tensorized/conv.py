@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tensam.errors import ConfigError
 from tensam.tensorized.cp import cp_to_tensor
 
 #: Channel tensorization of Table 8 (Appendix B): width -> modes, product = width.
@@ -37,8 +38,8 @@ CHANNEL_MODES: dict[int, tuple[int, ...]] = {3: (3,), 16: (4, 2, 2), 32: (4, 4, 
 def channel_modes(width: int) -> tuple[int, ...]:
     """The tensorization of ``width`` channels from :data:`CHANNEL_MODES` (Table 8)."""
     if width not in CHANNEL_MODES:
-        raise ValueError(f"no channel tensorization rule for width {width}: Table 8 covers "
-                         f"{sorted(CHANNEL_MODES)}; pass in_modes/out_modes explicitly")
+        raise ConfigError(f"no channel tensorization rule for width {width}: Table 8 covers "
+                          f"{sorted(CHANNEL_MODES)}; pass in_modes/out_modes explicitly")
     return CHANNEL_MODES[width]
 
 
@@ -60,7 +61,7 @@ def tr_to_tensor(cores: Sequence[torch.Tensor]) -> torch.Tensor:
     closes the ring: W[a, b] = sum_{p, q} A[p, a, q] B[q, b, p].
     """
     if len(cores) < 2:
-        raise ValueError(f"tr_to_tensor needs at least 2 cores, got {len(cores)}")
+        raise ConfigError(f"tr_to_tensor needs at least 2 cores, got {len(cores)}")
     sizes = [c.shape[1] for c in cores]
     m = min(range(1, len(cores)), key=lambda j: math.prod(sizes[:j]) + math.prod(sizes[j:]))
     a, b = _merge(cores[:m]), _merge(cores[m:])
@@ -114,7 +115,7 @@ class _TensorizedConv2d(nn.Module):
 
 def _positive(name: str, value: int) -> int:
     if int(value) < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+        raise ConfigError(f"{name} must be >= 1, got {value}")
     return int(value)
 
 
@@ -166,7 +167,7 @@ class TRConv2d(_TensorizedConv2d):
         for name, modes, width in (("in_modes", self.in_modes, self.in_channels),
                                    ("out_modes", self.out_modes, self.out_channels)):
             if math.prod(modes) != width:
-                raise ValueError(f"{name}={list(modes)} must multiply to {width} channels")
+                raise ConfigError(f"{name}={list(modes)} must multiply to {width} channels")
         self.modes = (*self.in_modes, self.kernel_size**2, *self.out_modes)
         r = self.rank
         self._init_factors([(r, n, r) for n in self.modes], paths=r ** len(self.modes))
@@ -196,7 +197,7 @@ class TTConv2d(_TensorizedConv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias)
         ranks = (rank, rank) if isinstance(rank, int) else tuple(rank)
         if len(ranks) != 2:
-            raise ValueError(f"TT rank must be an int or a pair (r1, r2), got {rank!r}")
+            raise ConfigError(f"TT rank must be an int or a pair (r1, r2), got {rank!r}")
         r1, r2 = self.rank = (_positive("rank[0]", ranks[0]), _positive("rank[1]", ranks[1]))
         self._init_factors([(self.out_channels, r1), (r1, self.kernel_size**2, r2),
                             (r2, self.in_channels)], paths=r1 * r2)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tensam.errors import ConfigError
+
 
 def khatri_rao(factors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Column-wise Kronecker product A_1 (.) ... (.) A_m, rows in C order: (prod n_k) x R."""
@@ -30,7 +32,7 @@ def cp_to_tensor(factors: Sequence[torch.Tensor]) -> torch.Tensor:
     and one matmul (prod n_k) x R x (prod n_k) contracts the rank: one R-fold pass over W.
     """
     if len(factors) < 2:
-        raise ValueError(f"cp_to_tensor needs at least 2 factors, got {len(factors)}")
+        raise ConfigError(f"cp_to_tensor needs at least 2 factors, got {len(factors)}")
     sizes = [f.shape[0] for f in factors]
     split = min(range(1, len(factors)),
                 key=lambda m: math.prod(sizes[:m]) + math.prod(sizes[m:]))
@@ -41,7 +43,7 @@ def cp_to_tensor(factors: Sequence[torch.Tensor]) -> torch.Tensor:
 def _shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
     shape = tuple(int(s) for s in shape)
     if not shape or any(s < 1 for s in shape):
-        raise ValueError(f"{name}={list(shape)} must be a non-empty list of positive sizes")
+        raise ConfigError(f"{name}={list(shape)} must be a non-empty list of positive sizes")
     return shape
 
 
@@ -61,7 +63,7 @@ class CPLinear(nn.Module):
         super().__init__()
         self.in_shape, self.out_shape = _shape("in_shape", in_shape), _shape("out_shape", out_shape)
         if int(rank) < 1:
-            raise ValueError(f"rank must be >= 1, got {rank}")
+            raise ConfigError(f"rank must be >= 1, got {rank}")
         self.rank = int(rank)
         self.in_features, self.out_features = math.prod(self.in_shape), math.prod(self.out_shape)
         modes = self.out_shape + self.in_shape

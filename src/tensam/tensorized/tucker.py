@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tensam.errors import ConfigError
+
 INITS = ("uniform", "normal")
 
 
@@ -43,17 +45,17 @@ class Tucker(nn.Module):
                  scales: Sequence[float] | None = None):
         super().__init__()
         if not isinstance(rank, Sequence) or not all(isinstance(r, int) for r in rank):
-            raise ValueError(f"model.rank={rank!r} must be a list of positive integers, one per "
-                             f"mode of the shape {list(shape)}")
+            raise ConfigError(f"model.rank={rank!r} must be a list of positive integers, one per "
+                              f"mode of the shape {list(shape)}")
         shape, rank = tuple(int(s) for s in shape), tuple(int(r) for r in rank)
         if len(rank) != len(shape):
-            raise ValueError(f"model.rank={list(rank)} has {len(rank)} entries but the tensor has "
-                             f"order {len(shape)}; give one rank per mode")
+            raise ConfigError(f"model.rank={list(rank)} has {len(rank)} entries but the tensor has "
+                              f"order {len(shape)}; give one rank per mode")
         if any(not 1 <= r <= s for r, s in zip(rank, shape, strict=False)):
-            raise ValueError(f"model.rank={list(rank)} must satisfy 1 <= rank[i] <= shape[i]="
-                             f"{list(shape)}")
+            raise ConfigError(f"model.rank={list(rank)} must satisfy 1 <= rank[i] <= shape[i]="
+                              f"{list(shape)}")
         if init not in INITS:
-            raise ValueError(f"model.init={init!r} is not one of {list(INITS)}")
+            raise ConfigError(f"model.init={init!r} is not one of {list(INITS)}")
         self.shape, self.rank = shape, rank
         if init == "uniform":
             rns = np.random.RandomState(seed)
@@ -68,8 +70,8 @@ class Tucker(nn.Module):
                        for s, r in zip(shape, rank, strict=False)]
         if scales is not None:
             if len(scales) != len(shape) + 1:
-                raise ValueError(f"model.scales={list(scales)} must have {len(shape) + 1} entries "
-                                 "(core, then one per factor)")
+                raise ConfigError(f"model.scales={list(scales)} must have {len(shape) + 1} entries "
+                                  "(core, then one per factor)")
             core, factors = core * scales[0], [f * c for f, c in zip(factors, scales[1:],
                                                                        strict=True)]
         self.core = nn.Parameter(core)
