@@ -36,8 +36,12 @@ QUICK = {"study_sweeps": [1, 10], "lambda_steps": 50, "oracle_sweeps": 20}
 
 
 def _task(protocol: str, seed: int):
-    """The completion task of ``protocol`` on split ``seed``."""
-    return build_task(config([f"experiment={PROTOCOLS[protocol]}", f"seed={seed}"])["task"])
+    """The completion task of ``protocol`` on split ``seed``, with the rank of the experiment's
+    Tucker model as ``rank`` (what the HOOI references fit)."""
+    cfg = config([f"experiment={PROTOCOLS[protocol]}", f"seed={seed}"])
+    task = build_task(cfg["task"])
+    task.rank = tuple(cfg["model"]["rank"])
+    return task
 
 
 def _tucker(tensor, rank, **kwargs):
