@@ -36,12 +36,10 @@ QUICK = {"study_sweeps": [1, 10], "lambda_steps": 50, "oracle_sweeps": 20}
 
 
 def _task(protocol: str, seed: int):
-    """The completion task of ``protocol`` on split ``seed``, with the rank of the experiment's
-    Tucker model as ``rank`` (what the HOOI references fit)."""
+    """(the completion task of ``protocol`` on split ``seed``, the rank of the experiment's
+    Tucker model: what the HOOI references fit)."""
     cfg = config([f"experiment={PROTOCOLS[protocol]}", f"seed={seed}"])
-    task = build_task(cfg["task"])
-    task.rank = tuple(cfg["model"]["rank"])
-    return task
+    return build_task(cfg["task"]), tuple(cfg["model"]["rank"])
 
 
 def _tucker(tensor, rank, **kwargs):
@@ -60,16 +58,16 @@ def ceiling(oracle_sweeps: int) -> dict:
     over each split's held-out entries. ``oracle``: masked HOOI fitted to the *held-out* entries
     themselves, warm-started from ``full`` (EM only lowers the masked error): about the best
     held-out R2 any rank-(8,6,8) model can reach, let alone one fitted to the other entries."""
-    first = _task("heldout", SEEDS[0])
-    full, sweeps, pred = _tucker(first.data, first.rank, init="svd", n_iter_max=1000, tol=1e-12)
-    out = {"rank": list(first.rank), "full_sweeps": sweeps,
+    first, rank = _task("heldout", SEEDS[0])
+    full, sweeps, pred = _tucker(first.data, rank, init="svd", n_iter_max=1000, tol=1e-12)
+    out = {"rank": list(rank), "full_sweeps": sweeps,
            "full_r2_all": r2_centred(pred, first.target, torch.ones_like(first.mask))}
     for protocol in PROTOCOLS:
         for seed in SEEDS:
-            task = _task(protocol, seed)
+            task, rank = _task(protocol, seed)
             held = (~task.mask_np).astype(float)
             warm = (full[0], list(full[1]))  # tensorly updates the factor list in place
-            _, done, oracle = _tucker(task.data * held, task.rank, mask=held, init=warm,
+            _, done, oracle = _tucker(task.data * held, rank, mask=held, init=warm,
                                       n_iter_max=oracle_sweeps, tol=0)
             out[f"{protocol}/seed{seed}"] = {
                 "full_r2_heldout": task.scores(pred)["r2_heldout"],
@@ -88,14 +86,14 @@ def hooi_study(sweeps: list[int]) -> dict:
     """
     out = {}
     for protocol in PROTOCOLS:
-        task = _task(protocol, SEEDS[0])
+        task, rank = _task(protocol, SEEDS[0])
         observed = task.mask_np.astype(float)
         setups = {"random": (task.data * observed, "random"), "svd": (task.data * observed, "svd"),
                   "svd_full_input": (task.data, "svd")}
         for name, (tensor, init) in setups.items():
             done = 0
             for n in sweeps:
-                init, _, pred = _tucker(tensor, task.rank, mask=observed, init=init,
+                init, _, pred = _tucker(tensor, rank, mask=observed, init=init,
                                         n_iter_max=n - done, tol=0, random_state=task.seed)
                 done = n
                 out[f"{protocol}/{name}/{n}"] = task.scores(pred)

@@ -17,6 +17,8 @@ from torch.nn import functional as F
 
 pytest.importorskip("transformers")
 
+from toys import NoHub  # noqa: E402
+
 from tensam.config import ConfigError  # noqa: E402
 from tensam.models import HFModel  # noqa: E402
 from tensam.tasks import CausalLMTask, build_task  # noqa: E402
@@ -305,18 +307,7 @@ def test_table5_cpu_reports_the_evaluation_with_the_lowest_validation_loss(tmp_p
 
 
 def test_without_tensam_superglue_or_hub_a_run_fails_in_one_line(tmp_path, monkeypatch):
-    import huggingface_hub.utils
-
-    class NoHub:
-        def head(self, url, timeout):
-            raise ConnectionError("[Errno -2] Name or service not known")
-
-    datasets = pytest.importorskip("datasets")
-    for key in ("TENSAM_SUPERGLUE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setattr(huggingface_hub.utils, "get_session", NoHub)
-    monkeypatch.setattr(datasets, "load_dataset",
-                        lambda *a, **k: pytest.fail("datasets.load_dataset (and its retries) ran"))
+    NoHub.offline(monkeypatch, "TENSAM_SUPERGLUE")
     with pytest.raises(ConfigError) as err:
         _run(tmp_path, ["task=superglue_cb"])
     message = str(err.value)

@@ -14,6 +14,8 @@ from omegaconf import OmegaConf
 
 pytest.importorskip("transformers")
 
+from toys import NoHub  # noqa: E402
+
 from tensam.tasks import GlueFewShot, build_task  # noqa: E402
 from tensam.tasks.glue import (  # noqa: E402
     GLUE,
@@ -414,32 +416,10 @@ def test_every_glue_task_config_composes_and_builds(config, monkeypatch):
 
 # --- without TENSAM_GLUE and without the hub: one line, before datasets' retries --------------
 
-class _NoHub:
-    """huggingface_hub's HTTP session on a machine that reaches no hub."""
-
-    calls = 0
-
-    def head(self, url, timeout):
-        _NoHub.calls += 1
-        assert timeout <= 10
-        raise ConnectionError("[Errno -2] Name or service not known")
-
-
-def _no_hub(monkeypatch):
-    import huggingface_hub.utils
-
-    datasets = pytest.importorskip("datasets")
-    for key in ("TENSAM_GLUE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setattr(huggingface_hub.utils, "get_session", _NoHub)
-    monkeypatch.setattr(datasets, "load_dataset",
-                        lambda *a, **k: pytest.fail("datasets.load_dataset (and its retries) ran"))
-
-
 def test_a_run_without_tensam_glue_or_hub_fails_in_one_line_naming_them(tmp_path, monkeypatch):
     from tensam.config import ConfigError
 
-    _no_hub(monkeypatch)
+    NoHub.offline(monkeypatch, "TENSAM_GLUE")
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["experiment=glue_minilm", "task=glue_sst2", "steps=2",
                                           "logger=disabled", "threads=1"])
@@ -455,8 +435,8 @@ def test_a_run_without_tensam_glue_or_hub_fails_in_one_line_naming_them(tmp_path
         GlueFewShot("sst5").steps_per_epoch  # noqa: B018
     # HF_DATASETS_OFFLINE=1: datasets reads its cache; the hub is not asked
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    calls = _NoHub.calls
-    assert GlueFewShot("sst2").steps_per_epoch == 2 * 16 // 16 and _NoHub.calls == calls
+    calls = NoHub.calls
+    assert GlueFewShot("sst2").steps_per_epoch == 2 * 16 // 16 and NoHub.calls == calls
 
 
 def test_the_cli_reports_an_unreachable_hub_in_one_line(tmp_path):

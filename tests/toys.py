@@ -172,3 +172,28 @@ def node(cfg: dict) -> dict:
 def make_optimizer(cfg: dict, model: nn.Module, total_steps: int | None = None):
     """:func:`tensam.optim.build_optimizer` of :func:`node`'s ``cfg``."""
     return build_optimizer(node(cfg), model, total_steps=total_steps)
+
+
+class NoHub:
+    """huggingface_hub's HTTP session on a machine that reaches no hub (counts its calls)."""
+
+    calls = 0
+
+    def head(self, url, timeout):
+        NoHub.calls += 1
+        assert timeout <= 10
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    @staticmethod
+    def offline(monkeypatch, variable: str) -> None:
+        """No hub, no ``variable`` (the local data folder) and no offline switch: the run must
+        say so in one line, without ``datasets.load_dataset`` (and its retries) running."""
+        import huggingface_hub.utils
+        import pytest
+
+        datasets = pytest.importorskip("datasets")
+        for key in (variable, "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+            monkeypatch.delenv(key, raising=False)
+        monkeypatch.setattr(huggingface_hub.utils, "get_session", NoHub)
+        monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail(
+            "datasets.load_dataset (and its retries) ran"))
