@@ -11,6 +11,9 @@ benchmark times what training runs. All methods of a model live in one process o
 are timed interleaved: in every block each method runs ``steps`` steps, the method order rotating
 from block to block, so machine noise hits all methods alike; a method's time is the median over
 blocks of its per-step mean.
+
+``das-unflat`` is DAS with ``optimizer.flatten=false``: the gain of the flat core buffer
+(:class:`tensam.optim.base.ScalingOptimizer`'s ``flatten``) on each workload, measured beside it.
 """
 
 from __future__ import annotations
@@ -105,14 +108,16 @@ def benches(quick: bool) -> list[Bench]:
               lambda: build_task(tucker_cfg["task"]),
               lambda task: build_model(tucker_cfg["model"], task),
               {"base": table1 + ["optimizer=adamw"], "sam": table1 + ["optimizer=sam"],
-               "das": table1 + ["optimizer=das"]},
+               "das": table1 + ["optimizer=das"],
+               "das-unflat": table1 + ["optimizer=das", "optimizer.flatten=false"]},
               {"sam": 2.05, "das": 1.10},
               warmup=scale(300, 50), blocks=scale(60, 8), steps=scale(200, 50)),
         Bench("cp", "(b) 60 CPLinear layers (4,4)->(4,4), rank 8, ReLU; K = 4, 60 core groups "
               "(240 cores); batch 64, MSE to random targets, seed 0; base optimizer/base=sgd",
               DeepCPRegression, DeepCPRegression.model,
               {"base": ["optimizer=sgd"], "sam": ["optimizer=sam"] + sgd,
-               "das": ["optimizer=das"] + sgd},
+               "das": ["optimizer=das"] + sgd,
+               "das-unflat": ["optimizer=das", "optimizer.flatten=false"] + sgd},
               {"sam": 2.05, "das": 1.05},
               warmup=scale(20, 5), blocks=scale(30, 5), steps=scale(20, 5)),
     ]

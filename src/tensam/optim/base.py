@@ -243,7 +243,7 @@ class ScalingOptimizer(WrappedOptimizer):
         self._lr_cache: tuple[tuple, torch.Tensor] | None = None
         self._params_changed()
         self.compensated, self.flatten = compensated, flatten
-        self._layout, self._refs = None, None
+        self._layout = None
         self._relayout(residuals=None)
 
     def _params_changed(self) -> None:
@@ -269,16 +269,6 @@ class ScalingOptimizer(WrappedOptimizer):
         core new storage, so the data pointers alone tell (one C call per core)."""
         return [c.data_ptr() for c in self.index.cores]
 
-    def _buffer_refs(self) -> int | None:
-        """How many tensors share the flat buffer's storage (None when not flattened): a core
-        re-homed by a move drops its reference, so an unchanged count is the O(1) fast path
-        of :meth:`_check_layout` (torch's storage use count; a change only triggers the full
-        pointer check)."""
-        buffer = self.index.buffer
-        if buffer is None or not hasattr(torch._C, "_storage_Use_Count"):
-            return None
-        return torch._C._storage_Use_Count(buffer.untyped_storage()._cdata)
-
     @torch.no_grad()
     def _relayout(self, residuals: list[torch.Tensor] | None) -> None:
         """(Re)build the flat buffer (where wanted) and the residuals, which keep their values
@@ -296,17 +286,14 @@ class ScalingOptimizer(WrappedOptimizer):
             if residuals is not None:
                 for c, r in zip(idx.cores, residuals, strict=True):
                     self.state[c]["residual"].copy_(r)
-        self._layout, self._refs = self._current_layout(), self._buffer_refs()
+        self._layout = self._current_layout()
 
     def _check_layout(self) -> None:
         """Re-lay out if the model was moved or re-typed since the layout was built."""
-        if not len(self.index) or (self._refs is not None and self._buffer_refs() == self._refs):
-            return
-        if self._current_layout() != self._layout:
+        if len(self.index) and self._current_layout() != self._layout:
             old = ([self.state[c]["residual"] for c in self.index.cores] if self.compensated
                    else None)
             self._relayout(residuals=old)
-        self._refs = self._buffer_refs()
 
     def _init_residuals(self) -> None:
         """The residual (carried rounding error) of every core, kept in the optimizer state so it
