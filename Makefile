@@ -193,16 +193,17 @@ reproduce-table3: venv
 # CPU scale (Table 4's protocol on all-MiniLM-L6-v2, 2 runs at a time): FLoRA and LoRETTA_rep with
 # Adam, SAM and DAS, LoRA r 8 and full fine-tuning, SST-2 and RTE, 3 data seeds; the table of
 # test accuracy (mean +- std) -> results/table4_cpu.md. Run directories:
-# runs/table4_cpu/<task>/<adapter kind, none = full fine-tuning>/<optimizer>/seed<data seed>.
+# runs/table4_cpu/<task>/<adapter, none = full fine-tuning>/<optimizer>/seed<data seed>.
 GLUE_TASKS ?= glue_sst2,glue_rte
 GLUE_SEEDS ?= 13,21,42
 GLUE_CPU = $(MULTIRUN) experiment=glue_minilm task=$(GLUE_TASKS) task.data_seed=$(GLUE_SEEDS) \
-	hydra.sweep.dir=runs/table4_cpu \
-	'hydra.sweep.subdir=$${task.name}/$${model.adapter.kind}/$${hydra:runtime.choices.optimizer}/seed$${task.data_seed}'
+	hydra.sweep.dir=runs/table4_cpu
+GLUE_RUN = $${hydra:runtime.choices.optimizer}/seed$${task.data_seed}
+GLUE_ADAPTED = 'hydra.sweep.subdir=$${task.name}/$${hydra:runtime.choices.model/adapter}/$(GLUE_RUN)'
 reproduce-table4-cpu: setup
-	$(GLUE_CPU) model.adapter.kind=flora,loretta_rep optimizer=none,sam,das
-	$(GLUE_CPU) model.adapter.kind=lora
-	$(GLUE_CPU) model=minilm_full optimizer.base.lr=5e-5
+	$(GLUE_CPU) model/adapter=flora,loretta_rep optimizer=none,sam,das $(GLUE_ADAPTED)
+	$(GLUE_CPU) model/adapter=lora $(GLUE_ADAPTED)
+	$(GLUE_CPU) model=minilm_full optimizer.base.lr=5e-5 'hydra.sweep.subdir=$${task.name}/none/$(GLUE_RUN)'
 	$(PY) scripts/make_table4.py --root runs/table4_cpu --out results/table4_cpu.md
 
 # Table 5's causal-LM path at CPU scale: a 2-layer random OPT with LoRETTA_rep on the SuperGLUE
@@ -232,7 +233,7 @@ reproduce-table4: setup
 	$(T4) $(LR_ADAPTER)
 	$(T4) optimizer=sam $(LR_ADAPTER) optimizer.rho=0.001,0.01,0.1
 	$(T4) optimizer=das $(LR_ADAPTER) optimizer.alpha=0.1,0.5,0.7
-	$(T4) model.adapter.kind=lora $(LR_ADAPTER)
+	$(T4) model/adapter=lora $(LR_ADAPTER)
 	$(T4) model=roberta_large_prompt_full optimizer.base.lr=1e-5,3e-5,5e-5
 	$(PY) scripts/make_table4.py --root runs/table4 --out results/table4.md
 
@@ -246,8 +247,7 @@ reproduce-table5: setup
 	$(T5) $(LR_ADAPTER)
 	$(T5) optimizer=sam $(LR_ADAPTER) optimizer.rho=0.05,0.1,0.2
 	$(T5) optimizer=das $(LR_ADAPTER) optimizer.alpha=0.5,1,2
-	$(T5) model.adapter.kind=lora model.adapter.r=16 '~model.adapter.tt_rank' \
-		model.adapter.dropout=0 $(LR_ADAPTER)
+	$(T5) model/adapter=lora model.adapter.r=16 model.adapter.dropout=0 $(LR_ADAPTER)
 	$(PY) scripts/make_table5.py --root runs/table5 --out results/table5.md
 
 reproduce-table5-ft: setup

@@ -41,22 +41,20 @@ from tensam.tasks import build_model
 #: label -> the optimizer config's overrides (over the base of the model's configuration)
 OPTIMIZERS = {"Adam": ["optimizer=none"], "SAM": ["optimizer=sam", "optimizer.rho=0.01"],
               "DAS": ["optimizer=das", "optimizer.alpha=0.5"]}
-MINILM_ADAPTERS = {"FLoRA": {"kind": "flora", "r": 8, "alpha": 16},
-                   "LoRETTA_rep": {"kind": "loretta_rep", "r": 8, "alpha": 16}}
+#: label -> the adapter of model=minilm (configs/model/adapter/)
+MINILM_ADAPTERS = {"FLoRA": "flora", "LoRETTA_rep": "loretta_rep"}
 TARGETS = {"SAM": 2.05, "DAS": 1.05}
 
 
 def configurations(model: str) -> tuple[dict[str, dict], list[str]]:
     """(adapter label -> model config, the base optimizer's overrides) of ``--model``."""
     if model == "minilm":
-        return ({label: {"_target_": "tensam.models.HFModel", "pretrained": "minilm",
-                         "num_labels": 2, "adapter": {**adapter,
-                                                      "target_modules": ["query", "value"]}}
-                 for label, adapter in MINILM_ADAPTERS.items()},
+        return ({label: config(["model=minilm", f"model/adapter={name}"])["model"]
+                 for label, name in MINILM_ADAPTERS.items()},
                 ["optimizer/base=adam", "optimizer.base.lr=1e-3"])
     cfg = config([f"model={model}", "task=causal_lm"])["model"]
-    label = {"loretta_rep": "LoRETTA_rep", "loretta_tt": "LoRETTA_tt"}.get(
-        cfg["adapter"]["kind"], cfg["adapter"]["kind"])
+    name = cfg["adapter"]["_target_"].rsplit(".", 1)[-1]
+    label = {"LorettaRep": "LoRETTA_rep", "LorettaTT": "LoRETTA_tt"}.get(name, name)
     return {label: cfg}, ["optimizer/base=adamw", "optimizer.base.lr=1e-4",
                           "optimizer.base.weight_decay=0.01"]
 

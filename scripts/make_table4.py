@@ -7,7 +7,7 @@ directories, the paper's RoBERTa-large numbers beside ours.
 Every finished ``summary.json`` under ``--root`` is one run, scored at its best checkpoint on
 validation as LM-BFF and MeZO score a run (the evaluation every ``eval_every`` steps with the
 best validation accuracy, the summary's ``best/*``; ``--checkpoint last``, or a run without
-evaluations during training: its final evaluation); runs are grouped by (adapter kind, method)
+evaluations during training: its final evaluation); runs are grouped by (adapter, method)
 and GLUE task; per data seed the run with the best validation accuracy is kept (a grid of
 learning rates and rho / alpha, or one setting), and the table reports mean ± sample std over
 data seeds of its test accuracy (the GLUE dev set, at most 1,000 examples), with the validation
@@ -55,8 +55,9 @@ PAPER = {name: dict(zip(TASKS, values, strict=True)) for name, values in {
                   (97.08, 0.27)),
     "FLoRA DAS": ((93.94, 0.56), (56.82, 0.90), (87.90, 0.57), (84.28, 0.63), (83.97, 0.87),
                   (96.80, 0.42))}.items()}
-ADAPTERS = {"none": "full fine-tuning", "lora": "LoRA", "flora": "FLoRA",
-            "loretta_rep": "LoRETTA_rep", "loretta_tt": "LoRETTA_tt"}
+#: an adapter's row label by its config's _target_ (another adapter: its class or function name)
+ADAPTERS = {"tensam.adapters.lora.lora": "LoRA", "tensam.adapters.FLoRALinear": "FLoRA",
+            "tensam.adapters.LorettaRep": "LoRETTA_rep", "tensam.adapters.LorettaTT": "LoRETTA_tt"}
 ORDER = ("zero-shot", "full fine-tuning", "LoRA", "FLoRA", "LoRETTA_rep", "LoRETTA_tt")
 METHODS = ("ADAM", "ADAMW", "SAM", "DAS")
 
@@ -66,12 +67,13 @@ def row_name(config: dict) -> str:
     '<adapter> <method>'."""
     if config.get("steps") == 0 and not config.get("epochs"):
         return "zero-shot"
-    adapter = config["model"]["adapter"]
-    name = ADAPTERS.get(adapter["kind"], adapter["kind"])
+    adapter = config["model"].get("adapter")
     method = method_of(config)
-    if adapter["kind"] == "none":
+    if adapter is None:
+        name = "full fine-tuning"
         return name if method in ("ADAM", "ADAMW") else f"{name} {method}"
-    if adapter["kind"] == "lora" and method in ("ADAM", "ADAMW"):
+    name = ADAPTERS.get(adapter["_target_"], adapter["_target_"].rsplit(".", 1)[-1])
+    if name == "LoRA" and method in ("ADAM", "ADAMW"):
         return f"{name} (r {adapter['r']})"
     return f"{name} {method}"
 

@@ -11,13 +11,12 @@ written from what that code does, not against our own output:
 """
 
 import copy
+import functools
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import nn
 
 pytest.importorskip("transformers")
@@ -26,17 +25,20 @@ pytest.importorskip("peft")
 from test_adapters import OPT_6_7B, ROBERTA_LARGE  # noqa: E402
 
 from tensam.adapters import FLoRALinear, LorettaRep, LorettaTT, inject  # noqa: E402
+from tensam.adapters.lora import lora  # noqa: E402
+from tensam.build import build  # noqa: E402
+from tensam.config import compose  # noqa: E402
 from tensam.cores import core_groups  # noqa: E402
 from tensam.models.hf import HFModel, build_network  # noqa: E402
 from tensam.optim import DAS, SAM  # noqa: E402
-from tensam.train import CONFIG_DIR  # noqa: E402
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
         "intermediate_size": 37, "vocab_size": 100, "max_position_embeddings": 64}
 TINY_OPT = {"model_type": "opt", **TINY, "ffn_dim": 37, "word_embed_proj_dim": 32}
 TINY_ROBERTA = {"model_type": "roberta", **TINY, "pad_token_id": 1}
-REP = {"kind": "loretta_rep", "r": 4, "alpha": 8, "tt_rank": 3, "modes_a": [8, 4, 4],
-       "modes_b": [4, 4, 8]}
+#: LoRETTA_rep at hidden 32 (explicit modes), as the model configs build it
+REP = functools.partial(LorettaRep, r=4, alpha=8, tt_rank=3, modes_a=[8, 4, 4],
+                        modes_b=[4, 4, 8])
 
 
 @pytest.fixture(autouse=True)
@@ -56,12 +58,12 @@ def _ids(n=3, length=9):
             "attention_mask": torch.ones(n, length, dtype=torch.long)}
 
 
-def _from_yaml(name, config, **overrides):
-    """The model config ``configs/model/<name>`` on a config-built (random) network."""
-    cfg = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "model" / name))
-    cfg.pop("_target_")
-    cfg.update(pretrained=None, config=config, num_labels=2, **overrides)
-    return cfg
+def _from_config(model, config, *overrides):
+    """``model=<model>`` composed with ``overrides`` and built as train.py builds it, on a
+    config-built (random) network: under ``torch.device("meta")`` the paper-scale one."""
+    cfg = compose(f"model={model}", *overrides)["model"]
+    cfg.update(pretrained=None, config=config)
+    return build(cfg, "model", num_labels=2)
 
 
 # -- item 4: FLoRA ------------------------------------------------------------------------
@@ -130,9 +132,8 @@ def test_loretta_reference_init_changes_the_output_and_the_zero_init_does_not():
     with torch.no_grad():
         want = base(**x).logits
         for init, same in (("reference", False), ("zero", True)):
-            options = {k: v for k, v in REP.items() if k != "kind"}
-            model = inject(copy.deepcopy(base), "loretta_rep", ["query", "value"],
-                           init=init, **options).eval()
+            model = inject(copy.deepcopy(base), functools.partial(REP, init=init),
+                           ["query", "value"]).eval()
             assert torch.allclose(model(**x).logits, want, atol=1e-6) is same, init
     with pytest.raises(ValueError, match=r"init='linear' is not one of \['reference', 'zero'\]"):
         LorettaRep(nn.Linear(32, 32), r=4, tt_rank=3, modes_a=[8, 4, 4], modes_b=[4, 4, 8],
@@ -158,18 +159,16 @@ def _core_names(model):
 def test_the_reference_norm_rule_trains_robertas_layernorms_and_nothing_of_opts():
     """LoRETTA's mark_lora_layernorm_cls_trainable: ``"Norm" in name`` (case-sensitive)."""
     targets = {"roberta": ["query", "value"], "opt": ["q_proj", "v_proj"]}
-    roberta = inject(build_network(config=TINY_ROBERTA), "loretta_rep", targets["roberta"],
-                     trainable_name_contains=["Norm"], **{k: v for k, v in REP.items()
-                                                          if k != "kind"})
+    roberta = inject(build_network(config=TINY_ROBERTA), REP, targets["roberta"],
+                     trainable_name_contains=["Norm"])
     assert _layernorm_params(roberta)
     assert _trainable(roberta) == _core_names(roberta) | _layernorm_params(roberta)
     opt = build_network(config=TINY_OPT)
     assert not [n for n, _ in opt.named_parameters() if "Norm" in n]
     with pytest.raises(ValueError, match=r"\['Norm'\] are in no parameter name"):
-        inject(opt, "loretta_rep", targets["opt"], trainable_name_contains=["Norm"],
-               **{k: v for k, v in REP.items() if k != "kind"})
-    opt = inject(build_network(config=TINY_OPT), "loretta_rep", targets["opt"],
-                 trainable_name_contains=["norm"], **{k: v for k, v in REP.items() if k != "kind"})
+        inject(opt, REP, targets["opt"], trainable_name_contains=["Norm"])
+    opt = inject(build_network(config=TINY_OPT), REP, targets["opt"],
+                 trainable_name_contains=["norm"])
     assert _trainable(opt) == _core_names(opt) | _layernorm_params(opt)
 
 
@@ -177,10 +176,8 @@ def test_opt_6_7b_counts_adapters_and_layernorms_apart():
     """Table 5's config: 958,464 adapter parameters and, as LoRETTA's "Norm" rule on OPT,
     nothing else; [norm] adds the LayerNorms: (2 per layer + the final one) x (weight + bias)."""
     with torch.device("meta"):
-        model = HFModel(**_from_yaml("opt_6.7b.yaml", OPT_6_7B))
-        with_norms = HFModel(**_from_yaml("opt_6.7b.yaml", OPT_6_7B, adapter={
-            **OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "model" / "opt_6.7b.yaml"))[
-                "adapter"], "trainable_name_contains": ["norm"]}))
+        model = _from_config("opt_6.7b", OPT_6_7B)
+        with_norms = _from_config("opt_6.7b", OPT_6_7B, "model.trainable_name_contains=[norm]")
     counts = model.parameter_counts()
     assert counts["adapter_parameters"] == counts["trainable"] == 958_464
     layernorms = (2 * OPT_6_7B["num_hidden_layers"] + 1) * 2 * OPT_6_7B["hidden_size"]
@@ -205,27 +202,27 @@ def test_adapter_dropout_drops_the_adapter_input_only():
     torch.testing.assert_close(y, layer.base_layer(x) + layer.delta(dropped))
     layer.eval()
     torch.testing.assert_close(layer(x), layer.base_layer(x) + layer.delta(x))
-    cfg = OmegaConf.load(Path(CONFIG_DIR) / "model" / "opt_6.7b.yaml")
-    assert cfg.adapter.dropout == 0.05 and cfg.adapter.init == "reference"
+    cfg = compose("model=opt_6.7b")["model"]["adapter"]
+    assert cfg["dropout"] == 0.05 and cfg["init"] == "reference"
 
 
 def test_lora_takes_the_common_options():
-    model = HFModel(config=TINY_OPT, head="causal_lm", adapter={
-        "kind": "lora", "r": 2, "dropout": 0.1, "init": "reference",
-        "target_modules": ["q_proj", "v_proj"]})
+    model = HFModel(config=TINY_OPT, head="causal_lm",
+                    adapter=functools.partial(lora, r=2, dropout=0.1, init="reference"),
+                    target_modules=["q_proj", "v_proj"])
     layer = next(m for m in model.modules() if hasattr(m, "lora_dropout"))
     assert layer.lora_dropout["default"].p == 0.1
     with pytest.raises(ValueError, match="lora init='zero'"):
-        HFModel(config=TINY_OPT, head="causal_lm", adapter={
-            "kind": "lora", "init": "zero", "target_modules": ["q_proj", "v_proj"]})
+        HFModel(config=TINY_OPT, head="causal_lm", adapter=functools.partial(lora, init="zero"),
+                target_modules=["q_proj", "v_proj"])
 
 
 # -- item 5: the trainable, untied MLM head of Table 4 ------------------------------------
 
 def test_the_mlm_head_is_untied_and_trains_as_in_mezo():
     model = HFModel(config=TINY_ROBERTA, head="masked_lm", untie_embeddings=True,
-                    adapter={"kind": "flora", "r": 4, "target_modules": ["query", "value"],
-                             "trainable": ["lm_head"]})
+                    adapter=functools.partial(FLoRALinear, r=4),
+                    target_modules=["query", "value"], trainable=["lm_head"])
     net = model.network
     emb, dec = net.get_input_embeddings().weight, net.get_output_embeddings().weight
     assert dec is not emb and dec.data_ptr() != emb.data_ptr() and torch.equal(dec, emb)
@@ -244,7 +241,7 @@ def test_the_mlm_head_is_untied_and_trains_as_in_mezo():
 
 def test_roberta_large_prompt_trains_flora_and_the_whole_mlm_head():
     with torch.device("meta"):
-        model = HFModel(**_from_yaml("roberta_large_prompt.yaml", ROBERTA_LARGE))
+        model = _from_config("roberta_large_prompt", ROBERTA_LARGE)
     H, V = ROBERTA_LARGE["hidden_size"], ROBERTA_LARGE["vocab_size"]
     head = (H * H + H) + 2 * H + V * H + V  # dense, layer_norm, decoder (bias shared)
     assert head == 52_573_273
@@ -256,7 +253,7 @@ def test_roberta_large_prompt_trains_flora_and_the_whole_mlm_head():
 
 def test_dtype_option_gives_a_bf16_base_with_fp32_adapters():
     model = HFModel(config=TINY_OPT, head="causal_lm", dtype="bfloat16",
-                    adapter={**REP, "target_modules": ["q_proj", "v_proj"]})
+                    adapter=REP, target_modules=["q_proj", "v_proj"])
     cores = _core_names(model)
     for name, p in model.named_parameters():
         assert p.dtype == (torch.float32 if name in cores else torch.bfloat16), name
@@ -269,8 +266,8 @@ def test_dtype_option_gives_a_bf16_base_with_fp32_adapters():
         torch.float32}
     with pytest.raises(ValueError, match="model.dtype='fp8'"):
         HFModel(config=TINY_OPT, head="causal_lm", dtype="fp8")
-    assert OmegaConf.load(Path(CONFIG_DIR) / "model" / "opt_6.7b.yaml").dtype == "bfloat16"
-    assert OmegaConf.load(Path(CONFIG_DIR) / "model" / "opt_6.7b_full.yaml").dtype == "bfloat16"
+    assert compose("model=opt_6.7b")["model"]["dtype"] == "bfloat16"
+    assert compose("model=opt_6.7b_full")["model"]["dtype"] == "bfloat16"
     merged = model.merge().network.get_submodule("model.decoder.layers.0.self_attn.q_proj")
     assert type(merged) is nn.Linear and merged.weight.dtype == torch.bfloat16
 
@@ -279,8 +276,8 @@ def test_dtype_option_gives_a_bf16_base_with_fp32_adapters():
 def test_das_and_sam_step_on_a_bf16_base(method):
     """fp32 cores (DAS scales them) and, with [norm], bf16 LayerNorms that SAM restores."""
     model = HFModel(config=TINY_OPT, head="causal_lm", dtype="bfloat16",
-                    adapter={**REP, "target_modules": ["q_proj", "v_proj"],
-                             "trainable_name_contains": ["norm"]})
+                    adapter=REP, target_modules=["q_proj", "v_proj"],
+                    trainable_name_contains=["norm"])
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     params = [p for p in model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]

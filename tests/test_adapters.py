@@ -3,12 +3,13 @@ model at initialisation, merging, frozen bases, adapter-only checkpoints, one co
 adapted layer for DAS and BAR, and the paper's parameter counts on meta-device models."""
 
 import copy
+import functools
 from pathlib import Path
 
 import pytest
 import tensorly as tl
 import torch
-from omegaconf import OmegaConf
+from hydra.utils import get_object
 from torch import nn
 
 pytest.importorskip("transformers")
@@ -25,22 +26,27 @@ from tensam.adapters import (  # noqa: E402
     merge,
     save_adapter,
 )
+from tensam.adapters.lora import lora  # noqa: E402
+from tensam.build import build, check, parameters  # noqa: E402
+from tensam.config import compose  # noqa: E402
 from tensam.cores import core_groups  # noqa: E402
 from tensam.models.hf import HFModel, build_network  # noqa: E402
 from tensam.optim import DAS, NBAR, OBAR  # noqa: E402
 from tensam.train import CONFIG_DIR  # noqa: E402
 
+CONFIGS = Path(CONFIG_DIR)
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
         "intermediate_size": 37, "vocab_size": 100, "max_position_embeddings": 64}
-#: adapter options per kind for hidden 32 (no factorization table entry: explicit modes); the
-#: LoRETTAs with init=zero (dW = 0 at the start, one zero core): the reference init, where no
-#: core is zero, is tested in tests/test_adapter_fidelity.py
+#: adapters for hidden 32 (no factorization table entry: explicit modes), as the model configs
+#: build them (functools.partial); the LoRETTAs with init=zero (dW = 0 at the start, one zero
+#: core): the reference init, where no core is zero, is tested in tests/test_adapter_fidelity.py
 KINDS = {
-    "flora": {"r": 4, "alpha": 8},
-    "loretta_tt": {"r": 3, "alpha": 6, "out_modes": [4, 8], "in_modes": [8, 4], "init": "zero"},
-    "loretta_rep": {"r": 4, "alpha": 8, "tt_rank": 3, "modes_a": [8, 4, 4],
-                    "modes_b": [4, 4, 8], "init": "zero"},
-    "lora": {"r": 4, "alpha": 8},
+    "flora": functools.partial(FLoRALinear, r=4, alpha=8),
+    "loretta_tt": functools.partial(LorettaTT, r=3, alpha=6, out_modes=[4, 8], in_modes=[8, 4],
+                                    init="zero"),
+    "loretta_rep": functools.partial(LorettaRep, r=4, alpha=8, tt_rank=3, modes_a=[8, 4, 4],
+                                     modes_b=[4, 4, 8], init="zero"),
+    "lora": functools.partial(lora, r=4, alpha=8),
 }
 K = {"flora": 3, "loretta_tt": 4, "loretta_rep": 6, "lora": 2}
 
@@ -172,8 +178,8 @@ def _network(model_type="bert"):
 
 def _adapted(kind, model_type="bert"):
     base = _network(model_type)
-    adapted = inject(copy.deepcopy(base), kind, target_modules=["query", "value"],
-                     trainable=["classifier"], **KINDS[kind]).eval()
+    adapted = inject(copy.deepcopy(base), KINDS[kind], target_modules=["query", "value"],
+                     trainable=["classifier"]).eval()
     return base, adapted
 
 
@@ -261,13 +267,14 @@ def test_bar_runs_on_lora_pairs_and_refuses_other_adapters(method):
         method(torch.optim.Adam(flora.parameters(), lr=1e-2), core_groups(flora))
 
 
-def _meta_count(config_name, config, **adapter):
-    cfg = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "model" / config_name))
-    cfg.pop("_target_")
-    cfg.update(pretrained=None, config=config, num_labels=2)
-    cfg["adapter"] = {k: v for k, v in {**cfg["adapter"], **adapter}.items() if v is not None}
+def _meta_count(model, config, *overrides):
+    """(adapter parameters, adapted layers, model) of ``model=<model>`` composed with
+    ``overrides`` and built as train.py builds it, on the meta device with the architecture
+    ``config`` instead of the hub weights."""
+    cfg = compose(f"model={model}", *overrides)["model"]
+    cfg.update(pretrained=None, config=config)
     with torch.device("meta"):
-        model = HFModel(**cfg)
+        model = build(cfg, "model", num_labels=2)
     cores = [c for g in core_groups(model) for c in g.cores]
     return sum(c.numel() for c in cores), len(core_groups(model)), model
 
@@ -283,16 +290,17 @@ OPT_6_7B = {"model_type": "opt", "hidden_size": 4096, "num_hidden_layers": 32,
 def test_paper_parameter_counts_on_meta_models():
     """Table 4's FLoRA on RoBERTa-large and Table 5's LoRA / LoRETTA on OPT-6.7B, from the
     shipped model configs (weights replaced by a meta-device build of the same architecture)."""
-    count, layers, _ = _meta_count("roberta_large.yaml", ROBERTA_LARGE)
+    count, layers, _ = _meta_count("roberta_large", ROBERTA_LARGE)
     assert (count, layers) == (789_504, 48)
-    count, layers, model = _meta_count("opt_6.7b.yaml", OPT_6_7B)
+    count, layers, model = _meta_count("opt_6.7b", OPT_6_7B)
     assert (count, layers) == (958_464, 64)  # the paper's 0.96M (loretta_rep)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 958_464
     assert sum(p.numel() for p in model.parameters()) > 6.6e9
-    count, _, _ = _meta_count("opt_6.7b.yaml", OPT_6_7B, kind="loretta_tt", r=16,
-                              tt_rank=None)
+    count, _, _ = _meta_count("opt_6.7b", OPT_6_7B, "model/adapter=loretta_tt",
+                              "model.adapter.r=16")
     assert count == 1_187_840  # 18,560 per matrix, App. B's [4,4,16,16,16,16,4,4] rank 16
-    count, _, model = _meta_count("opt_6.7b.yaml", OPT_6_7B, kind="lora", r=16, tt_rank=None)
+    count, _, model = _meta_count("opt_6.7b", OPT_6_7B, "model/adapter=lora",
+                                  "model.adapter.r=16")
     assert count == 8_388_608  # the paper's 8.39M, counted by peft's own layers
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 8_388_608
 
@@ -303,8 +311,8 @@ def test_paper_parameter_counts_on_meta_models():
 ])
 def test_hf_model_trains_adapters_and_its_new_head_and_merges(model_type, targets, head):
     config = {"model_type": model_type, **TINY, "ffn_dim": 37, "word_embed_proj_dim": 32}
-    model = HFModel(num_labels=3, config=config,
-                    adapter={"kind": "flora", "r": 2, "target_modules": targets}).eval()
+    flora = functools.partial(FLoRALinear, r=2)
+    model = HFModel(num_labels=3, config=config, adapter=flora, target_modules=targets).eval()
     core_ids = {id(c) for g in core_groups(model) for c in g.cores}
     assert len(core_ids) == 12
     for name, p in model.named_parameters():
@@ -318,10 +326,43 @@ def test_hf_model_trains_adapters_and_its_new_head_and_merges(model_type, target
         torch.testing.assert_close(model.merge()(batch), logits, atol=1e-5, rtol=1e-4)
     full = HFModel(num_labels=2, config=config)
     assert all(p.requires_grad for p in full.parameters()) and not core_groups(full)
-    with pytest.raises(ValueError, match="adapter.kind='dora'"):
-        HFModel(config=config, adapter={"kind": "dora"})
+    with pytest.raises(ValueError, match="model.target_modules is an adapter option"):
+        HFModel(config=config, target_modules=targets)
+    with pytest.raises(ValueError, match="model.target_modules is required"):
+        HFModel(config=config, adapter=flora)
     with pytest.raises(ValueError, match=r"target_modules=\['qkv'\] match no nn.Linear"):
-        HFModel(config=config, adapter={"kind": "flora", "target_modules": ["qkv"]})
+        HFModel(config=config, adapter=flora, target_modules=["qkv"])
     with pytest.raises(ValueError, match=r"trainable entries \['head'\] name no parameter"):
-        HFModel(config=config, adapter={"kind": "flora", "target_modules": targets,
-                                        "trainable": ["head"]})
+        HFModel(config=config, adapter=flora, target_modules=targets, trainable=["head"])
+
+
+ADAPTER_CONFIGS = sorted(p.stem for p in (CONFIGS / "model" / "adapter").glob("*.yaml"))
+ADAPTED_MODELS = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml")
+                        if "- adapter:" in p.read_text())
+
+
+@pytest.mark.parametrize("adapter", ADAPTER_CONFIGS)
+def test_every_adapter_config_adapts_minilms_query_and_value(adapter):
+    """``model=minilm model/adapter=<name>``, built as train.py builds it: one core group per
+    adapted linear (6 layers x query, value), made by the config's own target."""
+    cfg = compose("model=minilm", f"model/adapter={adapter}")["model"]
+    assert cfg["adapter"]["_partial_"] is True
+    model = build(cfg, "model", num_labels=2)
+    groups = core_groups(model)
+    assert len(groups) == 12
+    target = get_object(cfg["adapter"]["_target_"])
+    if isinstance(target, type):
+        layers = [m for m in model.modules() if isinstance(m, target)]
+        assert len(layers) == 12 and all(m.r == cfg["adapter"]["r"] for m in layers)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    cores = {id(c) for g in groups for c in g.cores}
+    assert cores < trainable and len(trainable - cores) == 2  # the classifier's weight and bias
+
+
+@pytest.mark.parametrize("model", ADAPTED_MODELS)
+@pytest.mark.parametrize("adapter", ADAPTER_CONFIGS)
+def test_every_adapted_model_composes_with_every_adapter(model, adapter):
+    """Each key of the composed adapter node is an argument of its target (checked as a run
+    checks it, before any work)."""
+    node = compose(f"model={model}", f"model/adapter={adapter}")["model"]["adapter"]
+    assert set(check(node, "model.adapter")) <= set(parameters(get_object(node["_target_"])))

@@ -14,6 +14,8 @@ import make_table5  # noqa: E402
 from _common import best_on_validation, interleaved_times  # noqa: E402
 from toys import node  # noqa: E402
 
+from tensam.config import compose  # noqa: E402
+
 
 def _summary(path: Path, method: str, seed: int, acc: float, top5: float, s_step: float,
              **extra) -> None:
@@ -42,12 +44,14 @@ def test_table3_reports_means_recovery_and_step_ratios(tmp_path):
 
 
 def test_table4_names_rows_by_adapter_and_method():
-    def cfg(kind, method, base="adam", **adapter):
-        return {"model": {"adapter": {"kind": kind, **adapter}},
+    def cfg(adapter, method, base="adam"):
+        model = compose(*(["model=minilm_full"] if adapter == "none"
+                          else ["model=minilm", f"model/adapter={adapter}"]))["model"]
+        return {"model": model,
                 "optimizer": node({"method": method, "base": {"name": base}})}
 
     assert make_table4.row_name(cfg("none", "none")) == "full fine-tuning"
-    assert make_table4.row_name(cfg("lora", "none", r=8)) == "LoRA (r 8)"
+    assert make_table4.row_name(cfg("lora", "none")) == "LoRA (r 8)"
     assert make_table4.row_name(cfg("flora", "das")) == "FLoRA DAS"
     assert make_table4.row_name(cfg("loretta_rep", "none")) == "LoRETTA_rep ADAM"
     names = ["FLoRA DAS", "LoRETTA_rep ADAM", "full fine-tuning", "FLoRA ADAM", "LoRA (r 8)",
@@ -86,7 +90,7 @@ def _t5(path: Path, task: str, method: str, seed: int, val: float, acc: float, f
         "config": {"steps": steps, "epochs": None,
                    "optimizer": node({"method": method, "base": {"name": "adamw"}}),
                    "model": {"pretrained": "facebook/opt-6.7b",
-                             "adapter": {"kind": "loretta_rep"}},
+                             "adapter": {"_target_": "tensam.adapters.LorettaRep"}},
                    "task": {"name": task, "data_seed": seed, "n_train": 1000, "n_val": 500,
                             "n_test": 1000}}}))
 
@@ -150,7 +154,8 @@ def _t4(path: Path, method: str, seed: int, final: tuple, best: tuple | None,
         "model_info": {"trainable": 1234},
         "config": {"steps": steps, "epochs": None, "eval_every": 100,
                    "optimizer": node({"method": method, "base": {"name": "adam"}}),
-                   "model": {"pretrained": "roberta-large", "adapter": {"kind": "flora"}},
+                   "model": {"pretrained": "roberta-large",
+                             "adapter": {"_target_": "tensam.adapters.FLoRALinear"}},
                    "task": {"name": "rte", "data_seed": seed, "k": 512, "batch_size": 16,
                             "max_length": 256}}}))
 

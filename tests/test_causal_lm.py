@@ -4,6 +4,7 @@ generation equal to a step-by-step argmax, SQuAD's F1, and runs end to end from 
 SuperGLUE files at hand and on generated ReCoRD / SQuAD / DROP files. Random weights: these test
 code, not accuracy."""
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -19,6 +20,7 @@ pytest.importorskip("transformers")
 
 from toys import NoHub  # noqa: E402
 
+from tensam.adapters import LorettaRep  # noqa: E402
 from tensam.config import ConfigError  # noqa: E402
 from tensam.models import HFModel  # noqa: E402
 from tensam.tasks import CausalLMTask, build_task  # noqa: E402
@@ -79,9 +81,9 @@ def _task(tmp_path, name, **kwargs) -> CausalLMTask:
 def model():
     torch.manual_seed(0)
     return HFModel(config=TINY, head="causal_lm",
-                   adapter={"kind": "loretta_rep", "r": 8, "tt_rank": 4,
-                            "modes_a": [4, 8, 8], "modes_b": [8, 8, 4],
-                            "target_modules": ["q_proj", "v_proj"]}).eval()
+                   adapter=functools.partial(LorettaRep, r=8, tt_rank=4, modes_a=[4, 8, 8],
+                                             modes_b=[8, 8, 4]),
+                   target_modules=["q_proj", "v_proj"]).eval()
 
 
 def test_prompts_are_mezos():

@@ -4,10 +4,8 @@ method, bad values fail in one line, the configs ship in the package, and every 
 README shows runs."""
 
 import json
-import os
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,13 +14,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from toys import ROOT, readme_example, train_cli
 
 from tensam.models import ResNet
 from tensam.optim import DAS, NBAR, OBAR, SAM, NuSAM, build_optimizer
 from tensam.tasks import build_model, build_task
 from tensam.train import CONFIG_DIR
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = Path(CONFIG_DIR)
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 OPTIMIZERS = sorted(p.stem for p in (CONFIGS / "optimizer").glob("*.yaml"))
@@ -176,10 +174,7 @@ def test_every_search_composes(search):
     assert cfg.hydra.sweeper.params
 
 
-def _cli(*args, cwd=ROOT, env=None):
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args],
-                          capture_output=True, text=True, cwd=cwd, timeout=300,
-                          env={**os.environ, **(env or {})})
+_cli = train_cli  # python train.py ... in a subprocess
 
 
 @pytest.mark.parametrize("overrides, needle", [
@@ -280,23 +275,12 @@ def test_every_readme_command_runs_cleanly(tmp_path, args):
     assert "nan" not in out.stdout.lower()
 
 
-def _readme_block(language: str, needle: str) -> str:
-    blocks = re.findall(rf"```{language}\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
-    return next(b for b in blocks if needle in b)
-
-
 def test_the_readmes_worked_example_adds_an_optimizer_with_one_class_and_one_yaml(tmp_path):
     """The README's LinfSAM (one class, one YAML file outside the repository) trains through
     train.py, its values checked and fingerprinted, and steps as its equation says."""
-    (tmp_path / "linf_sam.py").write_text(_readme_block("python", "class LinfSAM"))
-    configs = tmp_path / "my_configs" / "optimizer"
-    configs.mkdir(parents=True)
-    (configs / "linf_sam.yaml").write_text(_readme_block("yaml", "linf_sam.LinfSAM"))
-    command = shlex.split(_readme_block("bash", "optimizer=linf_sam").replace("\\\n", " ")
-                          .replace("$PWD", str(tmp_path)))
-    assert command[:3] == ["PYTHONPATH=.", "python", "train.py"]
+    command = readme_example(tmp_path, "linf_sam", "optimizer/linf_sam.yaml", "optimizer=linf_sam")
     env = {"PYTHONPATH": str(tmp_path)}
-    out = _cli(*command[3:], "epochs=1", "logger=disabled", f"hydra.run.dir={tmp_path / 'run'}",
+    out = _cli(*command, "epochs=1", "logger=disabled", f"hydra.run.dir={tmp_path / 'run'}",
                cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -304,7 +288,7 @@ def test_the_readmes_worked_example_adds_an_optimizer_with_one_class_and_one_yam
     assert summary["config"]["optimizer"]["rho"] == 0.05
     assert summary["config"]["optimizer"]["base"]["_target_"] == "torch.optim.SGD"
     assert summary["settings"]["optimizer.rho"] == 0.05
-    bad = _cli(*command[3:], "optimizer.rho=abc", "steps=2", "logger=disabled",
+    bad = _cli(*command, "optimizer.rho=abc", "steps=2", "logger=disabled",
                f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path, env=env)
     assert bad.returncode == 2 and "optimizer.rho='abc' is not of type float" in bad.stderr
 

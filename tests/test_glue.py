@@ -1,7 +1,10 @@
 """Few-shot GLUE (LM-BFF / MeZO protocol): balanced, seeded, disjoint k-shot splits, the dev set
 as test (capped), tokenized batches with exact resume, and a short FLoRA run end to end."""
 
+import functools
+import json
 import os
+import sys
 from dataclasses import replace
 from itertools import islice
 from pathlib import Path
@@ -14,8 +17,9 @@ from omegaconf import OmegaConf
 
 pytest.importorskip("transformers")
 
-from toys import NoHub  # noqa: E402
+from toys import NoHub, readme_example, train_cli  # noqa: E402
 
+from tensam.adapters import FLoRALinear  # noqa: E402
 from tensam.tasks import GlueFewShot, build_task  # noqa: E402
 from tensam.tasks.glue import (  # noqa: E402
     GLUE,
@@ -349,8 +353,8 @@ def _tiny_mlm():
 
     torch.manual_seed(0)
     return HFModel(config=TINY_BERT, head="masked_lm",
-                   adapter={"kind": "flora", "r": 4, "alpha": 8,
-                            "target_modules": ["query", "value"]})
+                   adapter=functools.partial(FLoRALinear, r=4, alpha=8),
+                   target_modules=["query", "value"])
 
 
 def test_prompt_logits_are_the_mlm_logits_at_the_mask_over_the_label_words(tmp_path):
@@ -457,3 +461,40 @@ def test_the_cli_reports_an_unreachable_hub_in_one_line(tmp_path):
     assert len(lines) == 1, out.stderr
     assert lines[0].startswith("tensam: configuration error: task.data_dir is unset "
                                "(TENSAM_GLUE) and the Hugging Face hub cannot be reached")
+
+
+# --- the README's worked example: a new adapter is one class and one YAML file --------------
+
+def test_the_readmes_worked_example_adds_an_adapter_with_one_class_and_one_yaml(tmp_path):
+    """The README's DiagLoRA (outside the repository) trains through train.py on MiniLM with
+    DAS: one core group of K = 3 per adapted query/value, dW = (alpha / r) A diag(s) B^T."""
+    _sst2(tmp_path / "glue")
+    command = readme_example(tmp_path, "diag_lora", "model/adapter/diag_lora.yaml",
+                             "model/adapter=diag_lora")
+    out = train_cli(*command, "steps=4", "task.k=4", "task.batch_size=4", "task.max_test=16",
+                    "eval_every=4", "logger=disabled", "threads=1",
+                    f"task.data_dir={tmp_path / 'glue'}", f"hydra.run.dir={tmp_path / 'run'}",
+                    cwd=tmp_path,
+                    env={"PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    adapter = summary["config"]["model"]["adapter"]
+    assert adapter == {"_target_": "diag_lora.DiagLoRA", "_partial_": True, "r": 4,
+                       "alpha": 16.0, "dropout": 0.0}
+    assert summary["settings"]["model.adapter.r"] == 4
+    # 12 adapted 384 x 384 matrices: A, B (384 x 4) and s (4); the new head 384 x 2 + 2
+    assert summary["model_info"]["adapter_parameters"] == 12 * (2 * 384 * 4 + 4)
+    assert len([k for k in summary if k.startswith("norm/network.") and k.endswith("/Q")]) == 12
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from diag_lora import DiagLoRA
+    finally:
+        sys.path.remove(str(tmp_path))
+    layer = DiagLoRA(torch.nn.Linear(6, 5), r=3, alpha=6.0)
+    with torch.no_grad():
+        layer.s.normal_()
+    A, s, B = layer.cores()
+    x = torch.randn(7, 6)
+    torch.testing.assert_close(layer.delta_weight(), 2.0 * A @ torch.diag(s) @ B.T)
+    torch.testing.assert_close(layer(x), layer.merged()(x))

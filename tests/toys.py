@@ -1,6 +1,14 @@
-"""Small float64 problems shared by the optimizer and theory tests, and hand-computed maths."""
+"""Small float64 problems shared by the optimizer and theory tests, hand-computed maths, and
+the README's worked examples run as a user runs them."""
 
 from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -8,6 +16,34 @@ from torch.func import functional_call
 
 from tensam.optim import build_optimizer
 from tensam.tensorized import Tucker
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_cli(*args: str, cwd: Path = ROOT, env: dict | None = None):
+    """``python train.py *args`` in a subprocess (the completed process, output captured)."""
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def readme_block(language: str, needle: str) -> str:
+    """The first ```language block of the README that contains ``needle``."""
+    blocks = re.findall(rf"```{language}\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    return next(b for b in blocks if needle in b)
+
+
+def readme_example(tmp_path: Path, module: str, yaml: str, needle: str) -> list[str]:
+    """Write a README worked example into ``tmp_path`` (its Python block as ``<module>.py``, its
+    YAML block at ``my_configs/<yaml>``) and return its command's train.py arguments."""
+    (tmp_path / f"{module}.py").write_text(readme_block("python", f"# {module}.py"))
+    config = tmp_path / "my_configs" / yaml
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(readme_block("yaml", f"# my_configs/{yaml}"))
+    command = shlex.split(readme_block("bash", needle).replace("\\\n", " ")
+                          .replace("$PWD", str(tmp_path)))
+    assert command[:3] == ["PYTHONPATH=.", "python", "train.py"], command
+    return command[3:]
 
 
 class TwoTucker(nn.Module):

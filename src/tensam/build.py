@@ -8,6 +8,8 @@ Hydra's ``instantiate``. :func:`build`
   trains a default), a value not of the argument's annotated type, and a non-finite number;
 * passes the run's objects (``params``, ``base``, ``groups``, ``total_steps``, the task's model
   inputs, ...) to the arguments of those names, so a YAML file holds only configuration;
+* builds a nested node first: with ``_partial_: true`` (an adapter, which the model applies to
+  each of its target layers) as ``functools.partial`` of its checked arguments, else called;
 * turns a ``ValueError`` of a callable outside tensam (``torch.optim.SGD(lr=-1)``) into a
   :class:`~tensam.errors.ConfigError`; tensam's own constructors raise ``ConfigError`` for the
   values they refuse, and any other exception is a bug that keeps its traceback.
@@ -20,6 +22,7 @@ is that config's own choice (``asam.yaml``'s rho 0.5, ``torch/sgd.yaml``'s lr 0.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import types
@@ -121,8 +124,8 @@ def build(node: Mapping, key: str, **run: Any):
     """``node['_target_'](**node's arguments, **the run objects its signature names)``."""
     node = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
     args = check(node, key, provided=tuple(run))
-    args = {k: build(v, f"{key}.{k}") if isinstance(v, Mapping) and "_target_" in v else v
-            for k, v in args.items()}  # nested nodes (a task's data set) first
+    args = {k: _nested(v, f"{key}.{k}") if isinstance(v, Mapping) and "_target_" in v else v
+            for k, v in args.items()}  # nested nodes (a task's data set, an adapter) first
     target = target_of(node, key)
     params = parameters(target)
     given = {k: v for k, v in run.items() if k in params or accepts_any(params)}
@@ -132,6 +135,14 @@ def build(node: Mapping, key: str, **run: Any):
         except ValueError as err:  # a third-party constructor refusing a value
             raise ConfigError(f"{key} ({node['_target_']}): {err}") from None
     return target(**args, **given)
+
+
+def _nested(node: Mapping, key: str):
+    """A nested node: built, or with ``_partial_: true`` its target with the checked arguments
+    bound (``functools.partial``), for its parent to call."""
+    if node.get("_partial_"):
+        return functools.partial(target_of(node, key), **check(node, key))
+    return build(node, key)
 
 
 def _signature_default(*, _node_, _parent_):

@@ -1,8 +1,17 @@
 """One injector for every adapter: freeze a model, adapt its target linears, merge, save, load.
 
-``inject(model, kind, target_modules, trainable, **options)`` freezes every parameter, replaces
-each ``nn.Linear`` whose qualified name ends with a ``target_modules`` entry (``query``/``value``
-in BERT and RoBERTa, ``q_proj``/``v_proj`` in OPT and Llama) by the adapter ``kind``, and makes
+An **adapter** is a callable with its options bound (``configs/model/adapter/*.yaml`` builds it
+as ``functools.partial``), of one of two kinds:
+
+* a subclass of :class:`~tensam.adapters.AdaptedLinear` (FLoRA, LoRETTA), called on each target
+  ``nn.Linear`` and put in its place;
+* any other callable ``adapter(model, target_modules=...) -> model`` that adapts a whole model
+  (peft's LoRA, :func:`tensam.adapters.lora.lora`).
+
+A new adapter is therefore one such class (or function) and one YAML file.
+``inject(model, adapter, target_modules, trainable, trainable_name_contains)`` freezes every
+parameter, adapts each ``nn.Linear`` whose qualified name ends with a ``target_modules`` entry
+(``query``/``value`` in BERT and RoBERTa, ``q_proj``/``v_proj`` in OPT and Llama), and makes
 trainable the adapters and the parameters named by ``trainable`` (e.g. the new task head
 ``classifier`` or ``score``: whole name components, a module and everything under it) and by
 ``trainable_name_contains`` (every parameter whose qualified name contains one of the strings,
@@ -10,27 +19,21 @@ case-sensitively). The latter is the published LoRETTA's rule (``loretta`` packa
 ``mark_lora_layernorm_cls_trainable``: ``"Norm" in name``), which trains the ``LayerNorm``s of
 BERT, RoBERTa and DeBERTa but matches no parameter of OPT (``self_attn_layer_norm``,
 ``final_layer_norm``) or Llama; ``[norm]`` trains OPT's LayerNorms (532,480 parameters on
-OPT-6.7B). ``kind="lora"`` goes through peft (:mod:`tensam.adapters.lora`).
+OPT-6.7B).
 """
 
 from __future__ import annotations
 
+import functools
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from tensam.adapters.base import AdaptedLinear
-from tensam.adapters.flora import FLoRALinear
-from tensam.adapters.loretta import LorettaRep, LorettaTT
 from tensam.errors import ConfigError
-
-#: the adapters implemented here (``lora`` is peft's)
-ADAPTERS: dict[str, type[AdaptedLinear]] = {
-    "flora": FLoRALinear, "loretta_tt": LorettaTT, "loretta_rep": LorettaRep}
-KINDS = (*ADAPTERS, "lora")
 
 
 def matches(name: str, entries: Sequence[str]) -> bool:
@@ -47,7 +50,7 @@ def _set_trainable(model: nn.Module, trainable: Sequence[str]) -> None:
     names = [n for n, _ in model.named_parameters()]
     unmatched = [e for e in trainable if not any(_within(n, [e]) for n in names)]
     if unmatched:
-        raise ConfigError(f"adapter.trainable entries {unmatched} name no parameter of the model")
+        raise ConfigError(f"model.trainable entries {unmatched} name no parameter of the model")
     for name, p in model.named_parameters():
         if _within(name, trainable):
             p.requires_grad_(True)
@@ -57,36 +60,39 @@ def _set_trainable_containing(model: nn.Module, substrings: Sequence[str]) -> No
     names = [n for n, _ in model.named_parameters()]
     unmatched = [s for s in substrings if not any(s in n for n in names)]
     if unmatched:
-        raise ConfigError(f"adapter.trainable_name_contains entries {unmatched} are in no "
+        raise ConfigError(f"model.trainable_name_contains entries {unmatched} are in no "
                           f"parameter name of the model (the match is case-sensitive)")
     for name, p in model.named_parameters():
         if any(s in name for s in substrings):
             p.requires_grad_(True)
 
 
-def inject(model: nn.Module, kind: str, target_modules: Sequence[str] = ("query", "value"),
-           trainable: Sequence[str] = (), trainable_name_contains: Sequence[str] = (),
-           **options) -> nn.Module:
-    """``model`` with its base weights frozen and its target linears adapted (in place for
-    ours; peft wraps the model for ``lora``); ``options`` go to the adapter (``r``, ``alpha``,
-    ``dropout``, ``init``, ``tt_rank``, modes). Returns the model to use."""
-    if kind not in KINDS:
-        raise ConfigError(f"adapter.kind={kind!r} is not one of {['none', *KINDS]}")
+def per_layer(adapter: Callable) -> bool:
+    """Whether ``adapter`` (a class or a ``functools.partial`` of one) adapts one linear at a
+    time, i.e. is an :class:`AdaptedLinear`, rather than a whole model."""
+    target = adapter.func if isinstance(adapter, functools.partial) else adapter
+    return isinstance(target, type) and issubclass(target, AdaptedLinear)
+
+
+def inject(model: nn.Module, adapter: Callable, target_modules: Sequence[str],
+           trainable: Sequence[str] = (), trainable_name_contains: Sequence[str] = ()
+           ) -> nn.Module:
+    """``model`` with its base weights frozen and its target linears adapted by ``adapter``
+    (module docstring): in place for a per-layer adapter, as the adapter returns it otherwise
+    (peft wraps the model). Returns the model to use."""
     target_modules, trainable = list(target_modules), list(trainable)
     model.requires_grad_(False)
-    if kind == "lora":
-        from tensam.adapters.lora import lora
-
-        model = lora(model, target_modules=target_modules, **options)
-    else:
+    if per_layer(adapter):
         targets = [(name, m) for name, m in model.named_modules()
                    if isinstance(m, nn.Linear) and matches(name, target_modules)]
         if not targets:
-            raise ConfigError(f"adapter.target_modules={target_modules} match no nn.Linear of "
+            raise ConfigError(f"model.target_modules={target_modules} match no nn.Linear of "
                               f"{type(model).__name__}")
         for name, linear in targets:
             parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, ADAPTERS[kind](linear, **options))
+            setattr(model.get_submodule(parent), child, adapter(linear))
+    else:
+        model = adapter(model, target_modules=target_modules)
     _set_trainable(model, trainable)
     _set_trainable_containing(model, list(trainable_name_contains))
     return model

@@ -31,9 +31,8 @@ def lora_cores(layer: peft_lora.Linear) -> tuple[nn.Parameter, nn.Parameter]:
 register_cores(peft_lora.Linear, lora_cores)
 
 
-def lora(model: nn.Module, r: int = 8, alpha: float = 16.0,
-         target_modules: Sequence[str] = ("query", "value"), dropout: float = 0.0,
-         init: str = "reference") -> nn.Module:
+def lora(model: nn.Module, target_modules: Sequence[str], r: int = 8, alpha: float = 16.0,
+         dropout: float = 0.0, init: str = "reference") -> nn.Module:
     """``get_peft_model(model, LoraConfig(r, lora_alpha=alpha, target_modules, lora_dropout))``:
     the base frozen, one LoRA pair per target linear. ``init="reference"`` is peft's default,
     the init of the reference LoRA code (``loralib``, which MeZO's RoBERTa runs use: A

@@ -4,10 +4,12 @@
 task's ``num_labels``. The network comes from ``pretrained`` (a local directory, a hub name, or a
 packaged name of :data:`PACKAGED` such as ``minilm``) or from ``config`` (a transformers config
 as a mapping, ``{model_type: opt, hidden_size: 64, ...}``, random weights: the real model code
-without a download). ``adapter`` picks the fine-tuning: ``{kind: none}`` trains every weight
-(full fine-tuning); ``flora``, ``loretta_tt``, ``loretta_rep`` or ``lora`` freeze the network
-and adapt ``target_modules`` (:func:`tensam.adapters.inject`), training also the modules named
-in ``trainable`` (default: the new sequence-classification head, ``classifier`` or ``score``).
+without a download). ``adapter`` picks the fine-tuning: null trains every weight (full
+fine-tuning); an adapter (``model/adapter=flora|loretta_tt|loretta_rep|lora``, a
+``configs/model/adapter/`` node built as a partial) freezes the network and adapts
+``target_modules`` (:func:`tensam.adapters.inject`), training also the modules named in
+``trainable`` (default: the new sequence-classification head, ``classifier`` or ``score``) and
+the parameters whose name contains a ``trainable_name_contains`` entry.
 transformers is imported when a model is built, so ``tensam.models`` imports without it.
 
 ``dtype`` is the dtype of the network's weights (``float32``, ``bfloat16``, ``float16``, or
@@ -23,7 +25,7 @@ and the adapters' cores apart.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -107,30 +109,38 @@ class HFModel(nn.Module):
 
     ``batch`` is a mapping with ``input_ids``, ``attention_mask`` (and ``token_type_ids`` where
     the tokenizer gives them); a ``labels`` entry is ignored (the task computes the loss).
-    ``adapter``: ``kind`` (none | flora | loretta_tt | loretta_rep | lora), ``target_modules``,
-    ``trainable``, ``trainable_name_contains`` and the adapter's own options (``r``, ``alpha``,
-    ``dropout``, ``init``, ``tt_rank``, modes). ``dtype`` and ``untie_embeddings``: module
-    docstring.
+    ``adapter``, ``target_modules``, ``trainable``, ``trainable_name_contains``, ``dtype`` and
+    ``untie_embeddings``: module docstring; the last three adapter keys are refused without an
+    adapter.
     """
 
     def __init__(self, num_labels: int = 2, pretrained: str | None = None,
                  config: Mapping[str, Any] | None = None, head: str = "sequence_classification",
-                 adapter: Mapping[str, Any] | None = None, dtype: str | None = None,
-                 untie_embeddings: bool = False):
+                 adapter: Callable[..., Any] | None = None,
+                 target_modules: Sequence[str] | None = None,
+                 trainable: Sequence[str] | None = None,
+                 trainable_name_contains: Sequence[str] | None = None,
+                 dtype: str | None = None, untie_embeddings: bool = False):
         super().__init__()
+        options = {"target_modules": target_modules, "trainable": trainable,
+                   "trainable_name_contains": trainable_name_contains}
+        if adapter is None:
+            given = [k for k, v in options.items() if v is not None]
+            if given:
+                raise ConfigError(f"model.{given[0]} is an adapter option, but model.adapter is "
+                                  "null (full fine-tuning); add one, e.g. +model/adapter=flora")
+        elif target_modules is None:
+            raise ConfigError("model.target_modules is required with an adapter: the linears "
+                              "to adapt, e.g. [query, value] (BERT) or [q_proj, v_proj] (OPT)")
         network = build_network(head, pretrained, config, num_labels, dtype)
         if untie_embeddings:
             untie_word_embeddings(network)
-        adapter = dict(adapter or {})
-        self.kind = adapter.pop("kind", "none")
-        if self.kind != "none":
-            if adapter.get("trainable") is None:
-                adapter["trainable"] = ([n for n in CLASSIFICATION_HEADS if hasattr(network, n)]
-                                        if head == "sequence_classification" else [])
-            network = inject(network, self.kind, **adapter)
-        elif adapter:
-            raise ConfigError(f"adapter.kind=none (full fine-tuning) takes no options, got "
-                              f"{sorted(adapter)}")
+        if adapter is not None:
+            if trainable is None:
+                trainable = ([n for n in CLASSIFICATION_HEADS if hasattr(network, n)]
+                             if head == "sequence_classification" else [])
+            network = inject(network, adapter, target_modules, trainable,
+                             trainable_name_contains or ())
         self.network = network
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
