@@ -11,7 +11,8 @@ export WANDB_MODE ?= offline
 	reproduce-optimizers reproduce-all bench clean reproduce-noise-cpu reproduce-normdyn-cpu \
 	reproduce-table2 reproduce-fig3 bench-vision gpu-check reproduce-drift-cpu \
 	reproduce-table4-cpu reproduce-table3-cpu reproduce-table3 bench-peft \
-	reproduce-table5-cpu reproduce-table4 reproduce-table5 reproduce-table5-ft reproduce-table6
+	reproduce-table5-cpu reproduce-table4 reproduce-table5 reproduce-table5-ft reproduce-table6 \
+	reproduce-fastpath-check
 
 venv: $(STAMP)
 
@@ -101,14 +102,32 @@ bench: venv
 VISION_DIR = 'hydra.sweep.subdir=$${name}/$${hydra:runtime.choices.optimizer}/seed$${seed}'
 SEED ?= 0
 
-# CPU scale, 2 cores: Table 2's label-noise trend (TR-ResNet-20 r10, 10k subset, 60% noise,
-# 15 epochs; about 45 min for one seed with 2 runs at a time) and the norm dynamics of a real
+# CPU scale, 2 cores: Table 2's claim in the memorization regime (TR-ResNet-20 r10, 2k subset,
+# 60% noise, 150 epochs, the fast CPU path: one run at a time on both cores, bf16 autocast,
+# channels_last; about 8 min per SGD run, 16 per SAM run, 42 min per seed for the 4 rows).
+# Seeds are paired across methods; a finished run is skipped and an interrupted one resumes
+# from its checkpoint, so rerunning the target continues the study. Runs:
+# runs/vision_cpu/noise_cpu/<sgd|sam|das|das_layer>/seed<k>. Then the norm dynamics of a real
 # network (300 steps per method, about 10 min).
+NOISE_SEEDS ?= 0,1,2
+ONE_AT_A_TIME = hydra.launcher.n_jobs=1
+NOISE_DIR = hydra.sweep.dir=runs/vision_cpu
 reproduce-noise-cpu: venv
-	$(MULTIRUN) experiment=noise_cpu optimizer=sam,sgd,das seed=$(SEED) \
-		hydra.sweep.dir=runs/vision_cpu $(VISION_DIR)
+	$(MULTIRUN) $(ONE_AT_A_TIME) experiment=noise_cpu seed=$(NOISE_SEEDS) optimizer=sgd,sam,das \
+		$(NOISE_DIR) $(VISION_DIR)
+	$(MULTIRUN) $(ONE_AT_A_TIME) experiment=noise_cpu optimizer=das optimizer.normalization=layer \
+		seed=$(NOISE_SEEDS) $(NOISE_DIR) 'hydra.sweep.subdir=$${name}/das_layer/seed$${seed}'
 	$(PY) scripts/make_table2.py --root runs/vision_cpu/noise_cpu --out results/noise_cpu.md \
-		--title "Label-noise trend at CPU scale: TR-ResNet-20 (rank 10), CIFAR-10 10k subset, 60% noise, 15 epochs"
+		--title "Label noise at CPU scale, memorization regime: TR-ResNet-20 (rank 10), CIFAR-10 2k subset, 60% noise, 150 epochs"
+
+# Does the fast CPU path change the science? SGD on noise_cpu for 50 epochs, fp32 (contiguous)
+# vs bf16 autocast + channels_last, 3 paired seeds, one run at a time on both cores (~30 min).
+# Runs: runs/vision_cpu/fastpath/<fp32|fast>/seed<k>.
+FASTPATH = $(MULTIRUN) $(ONE_AT_A_TIME) experiment=noise_cpu optimizer=sgd epochs=50 \
+	seed=$(NOISE_SEEDS) hydra.sweep.dir=runs/vision_cpu/fastpath
+reproduce-fastpath-check: venv
+	$(FASTPATH) precision=fp32 model.channels_last=false 'hydra.sweep.subdir=fp32/seed$${seed}'
+	$(FASTPATH) 'hydra.sweep.subdir=fast/seed$${seed}'
 
 reproduce-normdyn-cpu: venv
 	$(MULTIRUN) experiment=normdyn_cpu optimizer=sam,sgd,das seed=$(SEED) \

@@ -30,6 +30,7 @@ from _common import (
 )
 
 from tensam.reports import Cell, require_same_settings, run_name
+from tensam.stats import paired_difference
 
 #: the paper's Table 2 (TR-ResNet-32, 3 runs): noise -> method -> (mean, std) test accuracy (%)
 PAPER = {0.4: {"SGD": (83.76, 0.24), "SAM": (86.59, 0.16), "DAS": (84.35, 0.40)},
@@ -37,7 +38,7 @@ PAPER = {0.4: {"SGD": (83.76, 0.24), "SAM": (86.59, 0.16), "DAS": (84.35, 0.40)}
          0.8: {"SGD": (57.33, 0.44), "SAM": (67.13, 1.70), "DAS": (60.74, 0.57)}}
 #: the paper's runtime row (seconds per step on its GPU)
 PAPER_RUNTIME = {"SGD": 0.039, "SAM": 0.090, "DAS": 0.054}
-ORDER = ("SGD", "SAM", "DAS")
+ORDER = ("SGD", "SAM", "DAS", "DAS (layer)")
 
 
 #: the settings the table's rows and columns vary: the noise rate, and each method's own options
@@ -47,6 +48,14 @@ NOISE = "task.data.label_noise"
 
 def _varies(key: str) -> bool:
     return key == NOISE or (key.startswith("optimizer.") and not key.startswith("optimizer.base."))
+
+
+def row_label(cfg: dict) -> str:
+    """The method, with DAS's normalization where it is not the default ``global``."""
+    method = method_of(cfg)
+    normalization = cfg["optimizer"].get("normalization", "global")
+    return f"{method} ({normalization})" if method == "DAS" and normalization != "global" \
+        else method
 
 
 def group(summaries: dict) -> dict[tuple, Cell]:
@@ -60,7 +69,7 @@ def group(summaries: dict) -> dict[tuple, Cell]:
     groups = defaultdict(dict)
     for name, summary in named.items():
         cfg = summary["config"]
-        groups[(cfg["task"]["data"]["label_noise"], method_of(cfg))][name] = summary
+        groups[(cfg["task"]["data"]["label_noise"], row_label(cfg))][name] = summary
     for (noise, method), runs in groups.items():
         require_same_settings(runs, f"the cell noise {noise:.0%} / {method}")
     return {key: Cell.of(runs) for key, runs in groups.items()}
@@ -92,6 +101,53 @@ def rows(groups: dict[tuple, Cell]) -> list[list]:
     return out
 
 
+def _by_seed(cell: Cell, key: str) -> dict[int, float]:
+    return {r["config"]["seed"]: 100 * r[key] for r in cell.finished.values() if key in r}
+
+
+def paired_rows(groups: dict[tuple, Cell]) -> list[list]:
+    """Per noise rate and method, the paired differences to SGD over the seeds both finished
+    (:func:`tensam.stats.paired_difference`: mean and 95% Student-t interval), of the final and
+    of the best-evaluation test accuracy."""
+    out = []
+    for (noise, method), cell in sorted(groups.items(), key=lambda kv: (
+            kv[0][0], ORDER.index(kv[0][1]) if kv[0][1] in ORDER else 9)):
+        sgd = groups.get((noise, "SGD"))
+        if method == "SGD" or sgd is None:
+            continue
+        cols = []
+        for key in ("accuracy", "best/accuracy"):
+            a, b = _by_seed(cell, key), _by_seed(sgd, key)
+            if set(a) & set(b):
+                d = paired_difference(a, b)
+                cols += [d.format(2), "yes" if d.excludes_zero else "no"]
+            else:
+                cols += ["-", "-"]
+        seeds = sorted(set(_by_seed(cell, "accuracy")) & set(_by_seed(sgd, "accuracy")))
+        out.append([f"{noise:.0%}", f"{method} - SGD", *cols, len(seeds)])
+    return out
+
+
+def regime_rows(groups: dict[tuple, Cell]) -> list[list]:
+    """Where the runs ended up on their noisy training labels (``fit/*``, mean over seeds) and
+    how far the final test accuracy fell below the best evaluation's."""
+    out = []
+    for (noise, method), cell in sorted(groups.items(), key=lambda kv: (
+            kv[0][0], ORDER.index(kv[0][1]) if kv[0][1] in ORDER else 9)):
+        runs = list(cell.finished.values())
+        if not runs or "fit/memorized" not in runs[0]:
+            continue
+        mean = {key: sum(r[key] for r in runs) / len(runs) for key in (
+            "fit/accuracy", "fit/memorized", "fit/clean", "best/accuracy", "accuracy",
+            "train/loss")}
+        out.append([f"{noise:.0%}", method, f"{100 * mean['fit/accuracy']:.1f}",
+                    f"{100 * mean['fit/memorized']:.1f}", f"{100 * mean['fit/clean']:.1f}",
+                    f"{100 * mean['best/accuracy']:.2f}",
+                    f"{100 * (mean['best/accuracy'] - mean['accuracy']):.2f}",
+                    f"{mean['train/loss']:.3f}", len(runs)])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, required=True)
@@ -104,7 +160,7 @@ def main() -> None:
         raise SystemExit(f"no runs under {args.root}")
     try:
         groups = group(summaries)
-        body = rows(groups)
+        body, paired, regime = rows(groups), paired_rows(groups), regime_rows(groups)
     except ValueError as err:  # mixed settings, or a finished run without its accuracy
         raise SystemExit(f"tensam: {err}") from None
     first = next(iter(summaries.values()))["config"]
@@ -119,6 +175,21 @@ def main() -> None:
             "of CIFAR-10 at hand, see shared data; close to, not identical with, the original "
             "binary release). The paper's numbers are copied from its Table 2.", "",
             markdown_table(header, body),
+            *(["Paired differences to SGD (same seed: same initialisation, noisy labels, epoch "
+               "order and augmentations), test accuracy in points: mean and 95% Student-t "
+               "interval over the seeds both finished (`tensam.stats`); final = the last "
+               "evaluation, best = the best of the evaluations during training (chosen on the "
+               "test set itself, so an optimistic reading of early stopping).", "",
+               markdown_table(["noise", "difference", "final", "CI excludes 0", "best",
+                               "CI excludes 0", "n"], paired)] if paired else []),
+            *(["The regime: the fit of the noisy training labels at the end (fit/accuracy: "
+               "predicted as their training label; of the relabelled images, fit/memorized: "
+               "predicted as their wrong label, fit/clean: as their true one; unaugmented "
+               "training images), the best evaluation's test accuracy and the drop from it to "
+               "the final one, and the final training loss. Means over seeds.", "",
+               markdown_table(["noise", "method", "fit/accuracy (%)", "fit/memorized (%)",
+                               "fit/clean (%)", "best test acc. (%)", "drop to final (pts)",
+                               "train loss", "n"], regime)] if regime else []),
             f"Model `{model['_target_']}` depth {model['depth']}, conv `{model['conv']}`, rank "
             f"{model['rank']}; data: train split `{data['train_split']}`, subset "
             f"{data['subset']}, noise mode `{data['noise_mode']}` (see "

@@ -429,3 +429,23 @@ def test_table2_refuses_runs_of_other_settings_naming_them(tmp_path, monkeypatch
     message = str(err.value)
     assert "mixes runs of different settings" in message and needle in message
     assert "sam/seed1" in message and not (tmp_path / "t2.md").exists()
+
+
+def test_table2_pairs_each_method_with_sgd_by_seed_and_reports_the_regime(tmp_path, monkeypatch):
+    """DAS (layer) is a row of its own; the paired differences to SGD use the common seeds."""
+    fit = {"fit/accuracy": 0.8, "fit/memorized": 0.7, "fit/clean": 0.1, "train/loss": 0.5}
+    for method, gain in (("none", 0.0), ("das", 0.02), ("das_layer", 0.05)):
+        for seed in (0, 1, 2):
+            cfg = _t2_config("das" if method == "das_layer" else method, seed)
+            if method == "das_layer":
+                cfg["optimizer"]["normalization"] = "layer"
+            base = 0.3 + seed / 10  # a seed effect that pairing removes
+            _run(tmp_path / method / f"seed{seed}", cfg, value=base + gain * (1 + seed / 10),
+                 **fit, **{"best/accuracy": base + 0.05})
+    text = _build_table2(tmp_path, tmp_path / "t2.md", monkeypatch)
+    diffs = {line.split(" | ")[1]: line.split(" | ") for line in text.splitlines()
+             if line.startswith("| 60%") and " - SGD" in line}
+    assert diffs["DAS - SGD"][2].startswith("+2.20 [") and diffs["DAS - SGD"][3] == "yes"
+    assert diffs["DAS (layer) - SGD"][2].startswith("+5.50 [")
+    assert diffs["DAS (layer) - SGD"][4] == "+0.00 [+0.00, +0.00]"  # best: no difference
+    assert "| 60% | SGD | 80.0 | 70.0 | 10.0 |" in text

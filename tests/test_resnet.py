@@ -166,3 +166,43 @@ def test_configs_compose_and_build(overrides, kind, params):
     assert params is None or num_params(model) == params
     if kind is TTConv2d:
         assert model.conv1.rank == (8, 4)
+
+
+def test_channels_last_changes_the_layout_not_the_function():
+    torch.manual_seed(0)
+    dense = ResNet(8, "tr", rank=3).eval()
+    fast = ResNet(8, "tr", rank=3, channels_last=True).eval()
+    fast.load_state_dict(dense.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    torch.testing.assert_close(fast(x), dense(x), atol=1e-5, rtol=1e-4)
+    stem = fast.bn1(fast.conv1(x.contiguous(memory_format=torch.channels_last)))
+    assert stem.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fit_metrics_count_the_memorized_noisy_labels():
+    """fit/memorized: of the relabelled images, the share predicted as their (wrong) training
+    label; fit/clean: as their true label."""
+    from tensam.tasks import ImageClassification
+
+    class Data:
+        mean, std = (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255)  # normalised pixel = id
+        num_classes, input_shape = 3, (3, 2, 2)
+
+        def __init__(self):
+            images = torch.zeros(6, 3, 2, 2, dtype=torch.uint8)
+            images[:, 0, 0, 0] = torch.arange(6, dtype=torch.uint8)  # the image's id
+            noisy = torch.tensor([0, 1, 2, 0, 1, 2])
+            self.train_clean_labels = torch.tensor([0, 1, 2, 1, 2, 0])  # images 3-5 relabelled
+            self.train = self.eval = torch.utils.data.TensorDataset(images, noisy)
+
+    predicted = torch.tensor([0, 1, 0, 0, 2, 1])  # memorizes image 3, true label for image 4
+
+    def model(x):
+        return torch.nn.functional.one_hot(predicted[x[:, 0, 0, 0].round().long()], 3).float()
+
+    task = ImageClassification(Data(), batch_size=2, fit_metrics=True)
+    fit = task.fit(model)
+    assert fit["fit/accuracy"] == pytest.approx(3 / 6)
+    assert fit["fit/memorized"] == pytest.approx(1 / 3)
+    assert fit["fit/clean"] == pytest.approx(1 / 3)
+    assert {"fit/accuracy", "accuracy"} <= set(task.evaluate(model))

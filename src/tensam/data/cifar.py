@@ -294,6 +294,7 @@ class CIFAR10:
                                 noise_mode)
         images = data["train_images"]
         self.train = TensorDataset(images[torch.from_numpy(train)], torch.from_numpy(noisy))
+        self.train_clean_labels = torch.from_numpy(labels[train])  # before the label noise
         self.eval = (TensorDataset(images[torch.from_numpy(val)], torch.from_numpy(labels[val]))
                      if eval_split == "val" else
                      TensorDataset(data["test_images"], data["test_labels"]))

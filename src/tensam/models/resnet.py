@@ -87,13 +87,15 @@ class ResNet(nn.Module):
 
     ``rank``: R for ``cp``, r for ``tr``, r or (r1, r2) for ``tt``; ignored for ``dense``.
     ``decay_biases_and_norms=False`` keeps BatchNorm and biases out of weight decay (the
-    default True is the paper's: weight decay on every parameter).
+    default True is the paper's: weight decay on every parameter). ``channels_last=True`` keeps
+    the activations (and dense kernels) in NHWC, the layout oneDNN's bf16 convolutions run
+    fastest in on CPU (``results/bench_vision.md``); it changes no value beyond rounding.
     """
 
     def __init__(self, depth: int = 20, conv: str = "dense",
                  rank: int | Sequence[int] | None = None,
                  input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10,
-                 decay_biases_and_norms: bool = True):
+                 decay_biases_and_norms: bool = True, channels_last: bool = False):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ConfigError(f"model.depth={depth} must be 6n + 2 with n >= 1 (20, 32, 44, ...)")
@@ -114,8 +116,12 @@ class ResNet(nn.Module):
                 width = out
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(64, self.num_classes)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=self.memory_format)
         out = self.blocks(F.relu(self.bn1(self.conv1(x))))
         return self.fc(out.mean(dim=(2, 3)))
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from tensam.tasks.classification import Classification
@@ -56,12 +57,23 @@ def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
 class ImageClassification(Classification):
     """Cross-entropy on ``data.train`` (uint8 images, augmented), accuracy and mean loss on
     ``data.eval``; ``data`` is e.g. :class:`tensam.data.CIFAR10` (``train``/``eval`` tensor
-    data sets, ``mean``, ``std``, ``num_classes``, ``input_shape``, ``info()``)."""
+    data sets, ``mean``, ``std``, ``num_classes``, ``input_shape``, ``info()``).
+
+    ``fit_metrics=True`` adds, at every evaluation, how far the model fits its training labels
+    (noisy under label noise) on the unaugmented training images: ``fit/accuracy``, the share
+    predicted as their training label, and, where ``data`` knows the true labels
+    (``train_clean_labels``), ``fit/memorized`` and ``fit/clean``: the shares of the relabelled
+    images predicted as their wrong (training) label and as their true one. Memorization of
+    noisy labels, the regime where SAM is known to help, shows as ``fit/memorized`` rising.
+    """
+
+    metrics = {**Classification.metrics, "fit/accuracy": True, "fit/memorized": True,
+               "fit/clean": True}
 
     def __init__(self, data, batch_size: int = 128, eval_batch_size: int = 1000,
-                 data_seed: int = 0, augment: bool = True):
+                 data_seed: int = 0, augment: bool = True, fit_metrics: bool = False):
         super().__init__(data, batch_size, eval_batch_size, num_workers=0, data_seed=data_seed)
-        self.augment = augment
+        self.augment, self.fit_metrics = augment, fit_metrics
         self.to(self.device)
 
     def to(self, device: torch.device) -> ImageClassification:
@@ -89,6 +101,24 @@ class ImageClassification(Classification):
         for x, y in zip(self.eval_x.split(self.eval_batch_size),
                         self.eval_y.split(self.eval_batch_size), strict=True):
             yield normalize(x, self.mean, self.std), y
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        out = super().evaluate(model)
+        return {**out, **self.fit(model)} if self.fit_metrics else out
+
+    def fit(self, model: nn.Module) -> dict[str, float]:
+        """``fit/accuracy``, ``fit/memorized`` and ``fit/clean`` (class docstring)."""
+        predicted = torch.cat([model(normalize(x, self.mean, self.std)).argmax(1)
+                               for x in self.train_x.split(self.eval_batch_size)])
+        out = {"fit/accuracy": float((predicted == self.train_y).float().mean())}
+        clean = getattr(self.data, "train_clean_labels", None)
+        if clean is not None:
+            flipped = clean.to(self.device) != self.train_y
+            if flipped.any():
+                out["fit/memorized"] = float((predicted == self.train_y)[flipped].float().mean())
+                out["fit/clean"] = float((predicted == clean.to(self.device))[flipped]
+                                         .float().mean())
+        return out
 
 
 def pipeline_throughput(task: ImageClassification, steps: int = 50, warmup: int = 5) -> float:
