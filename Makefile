@@ -128,6 +128,7 @@ FASTPATH = $(MULTIRUN) $(ONE_AT_A_TIME) experiment=noise_cpu optimizer=sgd epoch
 reproduce-fastpath-check: venv
 	$(FASTPATH) precision=fp32 model.channels_last=false 'hydra.sweep.subdir=fp32/seed$${seed}'
 	$(FASTPATH) 'hydra.sweep.subdir=fast/seed$${seed}'
+	$(PY) scripts/make_fastpath_check.py --root runs/vision_cpu/fastpath --out results/fastpath_check.md
 
 reproduce-normdyn-cpu: venv
 	$(MULTIRUN) experiment=normdyn_cpu optimizer=sam,sgd,das seed=$(SEED) \

@@ -449,3 +449,19 @@ def test_table2_pairs_each_method_with_sgd_by_seed_and_reports_the_regime(tmp_pa
     assert diffs["DAS (layer) - SGD"][2].startswith("+5.50 [")
     assert diffs["DAS (layer) - SGD"][4] == "+0.00 [+0.00, +0.00]"  # best: no difference
     assert "| 60% | SGD | 80.0 | 70.0 | 10.0 |" in text
+
+
+def test_fastpath_check_pairs_fast_with_fp32_by_seed(tmp_path, monkeypatch):
+    import make_fastpath_check
+
+    for path, shift in (("fp32", 0.0), ("fast", 0.01)):
+        for seed in (0, 1, 2):
+            cfg = {**_t2_config("none", seed, epochs=50), "precision": path}
+            _run(tmp_path / path / f"seed{seed}", cfg, value=0.3 + seed / 10 + shift * seed,
+                 **{"best/accuracy": 0.5})
+    monkeypatch.setattr(sys, "argv", ["make_fastpath_check.py", "--root", str(tmp_path),
+                                      "--out", str(tmp_path / "check.md")])
+    make_fastpath_check.main()
+    text = (tmp_path / "check.md").read_text()
+    assert "| final | +1.00 [-1.48, +3.48] | yes | 3 |" in text  # diffs 0, 1, 2 points
+    assert "| best | +0.00 [+0.00, +0.00] | yes | 3 |" in text
