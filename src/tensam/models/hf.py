@@ -110,8 +110,8 @@ class HFModel(nn.Module):
     ``batch`` is a mapping with ``input_ids``, ``attention_mask`` (and ``token_type_ids`` where
     the tokenizer gives them); a ``labels`` entry is ignored (the task computes the loss).
     ``adapter``, ``target_modules``, ``trainable``, ``trainable_name_contains``, ``dtype`` and
-    ``untie_embeddings``: module docstring; the last three adapter keys are refused without an
-    adapter.
+    ``untie_embeddings``: module docstring. ``target_modules``, ``trainable`` and
+    ``trainable_name_contains`` are refused when ``adapter`` is None.
     """
 
     def __init__(self, num_labels: int = 2, pretrained: str | None = None,
