@@ -51,8 +51,7 @@ def methods(lr: float, rhos: list[float]) -> dict:
         return torch.optim.SGD(model.parameters(), lr=lr)
 
     def das(normalization, alpha):
-        return lambda m: DAS(sgd(m), core_groups(m), alpha=alpha, normalization=normalization,
-                             flatten=False)
+        return lambda m: DAS(sgd(m), core_groups(m), alpha=alpha, normalization=normalization)
 
     out = {"sgd": lambda m: WrappedOptimizer(sgd(m))}
     for rho in rhos:

@@ -1,6 +1,6 @@
 """The engine on a CUDA device (skipped without one; ``scripts/gpu_check.sh`` runs them first).
 
-What differs on a GPU: scaling methods do not flatten their cores there (``flatten: auto``),
+What differs on a GPU:
 tensors and RNG streams live on the device, bf16 autocast is real, and a moved model must be
 noticed by DAS. Each test compares against the same computation on the CPU.
 """

@@ -66,10 +66,13 @@ def test_layer_and_global_normalisations_differ_by_u():
     torch.testing.assert_close(lam["global"], lam["layer"] * u_D / u_layer, rtol=1e-12, atol=0)
 
 
-def test_sgd_step_equals_scaled_cores_minus_gradient_step():
-    """G_k <- (1 + lambda_k) G_k - eta g_k; non-core parameters take the plain SGD step."""
+@pytest.mark.parametrize("flatten", [False, True])
+def test_sgd_step_equals_scaled_cores_minus_gradient_step(flatten):
+    """G_k <- (1 + lambda_k) G_k - eta g_k; non-core parameters take the plain SGD step; the
+    same with the cores in one flat buffer."""
     model, alpha = TwoTucker(seed=2), 0.05
-    das = DAS(_two_lr_sgd(model), core_groups(model), alpha=alpha, normalization="layer")
+    das = DAS(_two_lr_sgd(model), core_groups(model), alpha=alpha, normalization="layer",
+              flatten=flatten)
     names = [n for n, _ in model.named_parameters()]
     lr_of = {n: 0.1 if n.startswith("a.") else 0.03 for n in names}
     for _ in range(3):
@@ -118,11 +121,12 @@ def test_alpha_zero_is_the_base_optimizer_bitwise():
     assert not torch.equal(a.a.core, TwoTucker(seed=5, dtype=torch.float32).a.core)
 
 
-def test_zero_norm_core_gets_lambda_zero_and_others_still_scale():
+@pytest.mark.parametrize("flatten", [False, True])
+def test_zero_norm_core_gets_lambda_zero_and_others_still_scale(flatten):
     model = WithLoRA()
     lr, alpha = 0.1, 0.05
     das = DAS(torch.optim.SGD(model.parameters(), lr=lr), core_groups(model), alpha=alpha,
-              normalization="layer")
+              normalization="layer", flatten=flatten)
     names = [g.name for g in das.index.groups]
     assert names == ["tucker.a", "tucker.b", "lora"]
     B, A = model.lora.B, model.lora.A
@@ -152,7 +156,7 @@ class _Frozen(torch.optim.Optimizer):
         return None
 
 
-def _scaled_only(compensated, dtype, start, grads, steps, alpha):
+def _scaled_only(compensated, dtype, start, grads, steps, alpha, flatten=False):
     model = TwoTucker(dtype=dtype)
     with torch.no_grad():
         for p, v in zip(model.parameters(), start, strict=True):
@@ -160,16 +164,17 @@ def _scaled_only(compensated, dtype, start, grads, steps, alpha):
     for p, g in zip(model.parameters(), grads, strict=True):
         p.grad = g.to(dtype)
     das = DAS(_Frozen(model.parameters(), lr=1.0), core_groups(model), alpha=alpha,
-              compensated=compensated)
+              compensated=compensated, flatten=flatten)
     lam = das.scale_factors()
     for _ in range(steps):
         das.step()
     return [c.detach().double() for c in das.index.cores], lam
 
 
-def test_compensated_scaling_tracks_float64_with_tiny_lambda():
+@pytest.mark.parametrize("flatten", [False, True])
+def test_compensated_scaling_tracks_float64_with_tiny_lambda(flatten):
     """|lambda| ~ 1e-9 is below float32's half-ulp (6e-8): plain addition loses every increment,
-    the compensated sum accumulates them like the float64 reference."""
+    the compensated sum accumulates them like the float64 reference (separate or flat cores)."""
     start = values(TwoTucker(dtype=torch.float32))
     model = TwoTucker(dtype=torch.float32)
     backward(model)
@@ -181,7 +186,7 @@ def test_compensated_scaling_tracks_float64_with_tiny_lambda():
     G0 = [c.double() for c, n in zip(start, names, strict=True) if n != "bias"]
 
     def rel_error(compensated):
-        cores, _ = _scaled_only(compensated, torch.float32, start, grads, steps, alpha)
+        cores, _ = _scaled_only(compensated, torch.float32, start, grads, steps, alpha, flatten)
         err = sum(sq(c - r) for c, r in zip(cores, ref, strict=True)) ** 0.5
         return err / sum(sq(r - g0) for r, g0 in zip(ref, G0, strict=True)) ** 0.5
 

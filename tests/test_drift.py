@@ -19,10 +19,8 @@ def _methods():
     return {
         "sgd": lambda m: WrappedOptimizer(sgd(m)),
         "sam": lambda m: SAM(sgd(m), rho=RHO),
-        "das_global": lambda m: DAS(sgd(m), core_groups(m), alpha=RHO, normalization="global",
-                                    flatten=False),
-        "das_layer": lambda m: DAS(sgd(m), core_groups(m), alpha=RHO, normalization="layer",
-                                   flatten=False),
+        "das_global": lambda m: DAS(sgd(m), core_groups(m), alpha=RHO, normalization="global"),
+        "das_layer": lambda m: DAS(sgd(m), core_groups(m), alpha=RHO, normalization="layer"),
     }
 
 

@@ -7,6 +7,8 @@ from torch import nn
 from toys import TwoTucker, closure_for, make_optimizer, values
 
 from tensam.cores import core_groups
+from tensam.errors import ConfigError
+from tensam.norms import FlatCoreIndex
 from tensam.optim import DAS, NBAR, OBAR, SAM, NuSAM
 
 ALL = {
@@ -146,8 +148,9 @@ def test_nusam_rho_is_a_param_group_option():
         assert torch.linalg.matrix_norm(moved - start, ord="nuc").item() == pytest.approx(rho)
 
 
-def _das_on(model, make_opt_before_move, move):
-    opt = DAS(torch.optim.SGD(model.parameters(), lr=0.01), core_groups(model), alpha=0.5)
+def _das_on(model, make_opt_before_move, move, flatten=False):
+    opt = DAS(torch.optim.SGD(model.parameters(), lr=0.01), core_groups(model), alpha=0.5,
+              flatten=flatten)
     if make_opt_before_move:
         move(model)
     for _ in range(3):
@@ -159,13 +162,15 @@ def _das_on(model, make_opt_before_move, move):
     lambda m: m.float(), lambda m: m.half(), lambda m: m.double(),
     lambda m: m.to(memory_format=torch.channels_last),
 ])
-def test_das_after_the_model_moved_equals_das_built_after_the_move(move):
+@pytest.mark.parametrize("flatten", [False, True])
+def test_das_after_the_model_moved_equals_das_built_after_the_move(move, flatten):
     """``model.float()`` etc. after the optimizer was built used to leave DAS scaling a stale
-    buffer (silently plain SGD); the step now notices and re-lays out the cores."""
+    buffer (silently plain SGD); the step now notices and re-lays out the cores and residuals."""
     a = TwoTucker(dtype=torch.float32)
-    _das_on(a, True, move)
+    opt = _das_on(a, True, move, flatten)
+    assert isinstance(opt.index, FlatCoreIndex) == flatten
     b = move(TwoTucker(dtype=torch.float32))
-    _das_on(b, False, lambda m: m)
+    _das_on(b, False, lambda m: m, flatten)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
     sgd = move(TwoTucker(dtype=torch.float32))
     opt = torch.optim.SGD(sgd.parameters(), lr=0.01)
@@ -176,7 +181,7 @@ def test_das_after_the_model_moved_equals_das_built_after_the_move(move):
 
 
 class Conv(nn.Module):
-    """A 4-D core that channels_last changes: the auto flatten leaves it in its own layout."""
+    """A 4-D core that channels_last changes."""
 
     def __init__(self):
         super().__init__()
@@ -196,8 +201,10 @@ def test_channels_last_cores_keep_their_layout():
     assert model.k.is_contiguous(memory_format=torch.channels_last)
     opt = DAS(torch.optim.SGD(model.parameters(), lr=0.01), core_groups(model), alpha=0.1)
     opt.step(closure_for(model))
-    assert opt.index.buffer is None  # not flattened: it would undo channels_last
+    assert not isinstance(opt.index, FlatCoreIndex)  # the default leaves the storage alone
     assert model.k.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ConfigError, match="flatten=true needs leaf, contiguous cores"):
+        DAS(torch.optim.SGD(model.parameters(), lr=0.01), core_groups(model), flatten=True)
 
 
 @pytest.mark.parametrize("cls", [NBAR, OBAR])
@@ -206,7 +213,7 @@ def test_bar_survives_a_dtype_change(cls):
 
     model = LoRA()
     opt = cls(torch.optim.SGD(model.parameters(), lr=0.01), core_groups(model), alpha=0.5,
-              alpha_schedule="constant")
+              alpha_schedule="constant", flatten=True)
     model.float()
     opt.step(closure_for(model))
     assert opt.index.buffer.dtype == torch.float32 and opt.index.buffer.data_ptr() == \

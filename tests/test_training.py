@@ -101,6 +101,7 @@ def _killed_after_checkpoint(monkeypatch, cfg, run_dir, step):
 @pytest.mark.parametrize("optimizer", [
     ["optimizer=adam"],
     ["optimizer=das", "optimizer.alpha=0.05", "optimizer.alpha_schedule=linear"],
+    ["optimizer=das", "optimizer.alpha=0.05", "optimizer.flatten=true"],
     ["optimizer=sam", "optimizer.rho=0.05", "scheduler=cosine"],
 ])
 def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, optimizer):
@@ -154,6 +155,20 @@ def test_a_finished_run_is_not_trained_again_but_other_settings_are_refused(tmp_
         run(_cfg("steps=30"), tmp_path)
     again = run(_cfg("steps=30", "resume=never"), tmp_path)
     assert again["steps"] == 30 and [r["step"] for r in _records(tmp_path)] == [0, 30]
+
+
+def test_the_core_layout_is_not_a_setting_of_the_run(tmp_path):
+    """``optimizer.flatten`` lays the same arithmetic out in memory (as ``threads`` does): a run
+    resumes, and a finished one is found, under the other layout; a summary written when the
+    layout still counted (its stored settings hold the key) is found too."""
+    first = run(_cfg("steps=10", "optimizer=das", "optimizer.flatten=true"), tmp_path)
+    assert "optimizer.flatten" not in first["settings"]
+    assert run(_cfg("steps=10", "optimizer=das"), tmp_path) == json.loads(json.dumps(first))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary["settings"]["optimizer.flatten"] = "auto"
+    summary["fingerprint"] = "written-by-an-older-version"
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert run(_cfg("steps=10", "optimizer=das"), tmp_path)["steps"] == 10
 
 
 def test_a_refusal_of_many_keys_names_the_method_and_seed_first(tmp_path):

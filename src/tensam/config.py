@@ -25,8 +25,9 @@ from tensam.errors import ConfigError
 NOT_TRAJECTORY = ("logger", "log_every", "eval_every", "checkpoint_every", "keep_best", "resume",
                   "threads", "device", "progress", "objective", "name", "baselines", "hydra")
 #: leaf keys that say where data lives or how it is loaded, not what it is (a run moved to a
-#: machine with other paths still resumes)
-NOT_TRAJECTORY_LEAVES = ("root", "cache_dir", "num_workers")
+#: machine with other paths still resumes), or how the same arithmetic is laid out in memory
+#: (``flatten``: a scaling optimizer's flat core buffer changes rounding only, as ``threads`` does)
+NOT_TRAJECTORY_LEAVES = ("root", "cache_dir", "num_workers", "flatten")
 #: settings named first when a run directory of other settings is refused: what says most about
 #: which run it is (the rest follow, the optimizer's keys before the others)
 FIRST = ("optimizer._target_", "optimizer.base._target_", "seed", "steps", "epochs", "world_size",
@@ -99,8 +100,13 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def trajectory_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Every setting that shapes the trajectory, as dotted keys -> values."""
-    flat = _flatten({k: v for k, v in cfg.items() if k not in NOT_TRAJECTORY})
-    return {k: v for k, v in flat.items() if k.rsplit(".", 1)[-1] not in NOT_TRAJECTORY_LEAVES}
+    return trajectory_only(_flatten({k: v for k, v in cfg.items() if k not in NOT_TRAJECTORY}))
+
+
+def trajectory_only(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted ``settings`` without the keys of :data:`NOT_TRAJECTORY_LEAVES` (stored settings of
+    a run are read back through this, so a key dropped later does not split old runs from new)."""
+    return {k: v for k, v in settings.items() if k.rsplit(".", 1)[-1] not in NOT_TRAJECTORY_LEAVES}
 
 
 def fingerprint(settings: Mapping[str, Any]) -> str:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tensam.config import trajectory_settings
+from tensam.config import trajectory_only, trajectory_settings
 
 FINISHED, DIVERGED = "finished", "diverged"
 
@@ -88,7 +88,7 @@ def settings_of(summary: Mapping) -> dict[str, Any]:
     summaries) those of its stored config."""
     stored = summary.get("settings")
     if stored is not None:
-        return dict(stored)
+        return trajectory_only(stored)
     config = summary.get("config")
     if config is None:
         raise ValueError("the summary holds neither settings nor config")

@@ -35,6 +35,7 @@ from tensam.config import (
     differing_keys,
     fingerprint,
     objective,
+    trajectory_only,
     trajectory_settings,
     validate,
 )
@@ -108,7 +109,11 @@ class RunDir:
         self.resume = resume
 
     def _check(self, what: Path, stored: dict | None) -> None:
-        if stored is None or stored.get("fingerprint") != self.fingerprint:
+        """Refuse ``stored`` (a summary or checkpoint) of other settings; settings a later
+        version no longer counts (:func:`tensam.config.trajectory_only`) do not refuse it."""
+        if stored is None or self.fingerprint not in (
+                stored.get("fingerprint"),
+                fingerprint(trajectory_only(stored.get("settings") or {}))):
             one = {WORLD_SIZE: 1}  # a single process's settings leave it out
             keys = differing_keys({**one, **((stored or {}).get("settings") or {})},
                                   {**one, **self.settings})

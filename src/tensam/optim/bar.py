@@ -37,7 +37,7 @@ class BAR(ScalingOptimizer):
 
     def __init__(self, base, groups, alpha: float = 0.5, alpha_schedule: str = "linear",
                  total_steps: int | None = None, compensated: bool = True,
-                 flatten: bool | str = "auto"):
+                 flatten: bool = False):
         if alpha < 0:
             raise ConfigError(f"alpha must be >= 0, got {alpha}")
         super().__init__(base, groups, compensated=compensated, flatten=flatten)

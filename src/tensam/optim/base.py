@@ -33,7 +33,7 @@ import torch
 
 from tensam.cores import as_core_groups
 from tensam.errors import ConfigError
-from tensam.norms import CoreIndex
+from tensam.norms import CoreIndex, FlatCoreIndex
 
 Closure = Callable[[], torch.Tensor]
 
@@ -225,24 +225,25 @@ class ScalingOptimizer(WrappedOptimizer):
     per-core buffer and carried into the next step, so the scaling accumulates as in exact
     arithmetic. The increment uses G^(t), the cores before the base step (Eq. 7).
 
-    ``flatten``: ``"auto"`` moves the cores into one contiguous buffer (see
-    :meth:`CoreIndex.flatten_`) where that pays and changes nothing visible: on CPU, with cores
-    in the default memory format (a channels_last kernel keeps its layout); ``True`` insists,
-    ``False`` never flattens. Every step checks that the cores still live in that buffer: a model
-    moved after the optimizer was built (``.double()``, ``.half()``, ``.to(device)``,
-    ``.to(memory_format=...)``) is re-laid out, carrying the residuals, instead of silently
-    scaling a stale copy.
+    ``flatten=True`` (opt-in) keeps the cores in one contiguous buffer, a
+    :class:`~tensam.norms.FlatCoreIndex`: the norms and the scaling become a fixed number of ops
+    whatever the number of cores (on CPU, where every ``_foreach`` op dispatches per tensor,
+    ``bench_optim`` measures the gain), at the price of re-homing the cores' storage when the
+    optimizer is built. Every step checks, by the cores' data pointers, that the layout is
+    current: a model moved after the optimizer was built (``.double()``, ``.half()``,
+    ``.to(device)``, ``.to(memory_format=...)``) is re-laid out, carrying the residuals, instead
+    of silently scaling a stale copy.
     """
 
     def __init__(self, base, groups=None, compensated: bool = True,
-                 flatten: bool | str = "auto", **defaults):
-        if flatten not in (True, False, "auto"):
-            raise ConfigError(f"flatten={flatten!r} is not one of [True, False, 'auto']")
+                 flatten: bool = False, **defaults):
+        if not isinstance(flatten, bool):
+            raise ConfigError(f"flatten={flatten!r} must be true or false")
         super().__init__(base, defaults)
-        self.index = CoreIndex(as_core_groups(groups))
+        self.index = (FlatCoreIndex if flatten else CoreIndex)(as_core_groups(groups))
         self._lr_cache: tuple[tuple, torch.Tensor] | None = None
         self._params_changed()
-        self.compensated, self.flatten = compensated, flatten
+        self.compensated = compensated
         self._layout = None
         self._relayout(residuals=None)
 
@@ -258,12 +259,6 @@ class ScalingOptimizer(WrappedOptimizer):
 
     # -- memory layout of the cores and residuals -------------------------------------------
 
-    def _wants_flat(self) -> bool:
-        cores = self.index.cores
-        if self.flatten == "auto":
-            return all(c.device.type == "cpu" and c.is_contiguous() for c in cores)
-        return bool(self.flatten)
-
     def _current_layout(self) -> list[int]:
         """Where every core's data lives: a move or a change of dtype or memory format gives a
         core new storage, so the data pointers alone tell (one C call per core)."""
@@ -271,16 +266,14 @@ class ScalingOptimizer(WrappedOptimizer):
 
     @torch.no_grad()
     def _relayout(self, residuals: list[torch.Tensor] | None) -> None:
-        """(Re)build the flat buffer (where wanted) and the residuals, which keep their values
-        (converted to the cores' new dtype and device) when ``residuals`` is given."""
+        """(Re)build the index's layout and the residuals, which keep their values (converted to
+        the cores' new dtype and device) when ``residuals`` is given."""
         idx = self.index
         if not len(idx):
             return
-        idx.unflatten_()
         idx.to(idx.cores[0].device)  # the index tensors follow the cores (a device move)
+        idx.lay_out()
         self._lr_cache = None
-        if self._wants_flat() and not idx.flatten_() and self.flatten is True:
-            raise ConfigError("flatten=True needs leaf cores of one dtype and device")
         if self.compensated:
             self._init_residuals()
             if residuals is not None:
@@ -298,13 +291,8 @@ class ScalingOptimizer(WrappedOptimizer):
     def _init_residuals(self) -> None:
         """The residual (carried rounding error) of every core, kept in the optimizer state so it
         survives a checkpoint; views of one flat buffer when the cores are flattened."""
-        idx = self.index
-        if idx.buffer is not None:
-            self._flat_residual = torch.zeros_like(idx.buffer)
-            residual = idx.per_core(self._flat_residual)
-        else:
-            residual = [torch.zeros_like(c) for c in idx.cores]
-        for c, r in zip(idx.cores, residual, strict=True):
+        residual, self._residual_operands = self.index.zeros()
+        for c, r in zip(self.index.cores, residual, strict=True):
             self.state[c]["residual"] = r
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -332,14 +320,9 @@ class ScalingOptimizer(WrappedOptimizer):
         raise NotImplementedError
 
     def _operands(self, lam: torch.Tensor):
-        """(cores, lambdas, residuals) as tensor lists: one flat tensor each (lambda expanded to
-        the elements) when the cores are flattened, else one entry per core."""
-        idx = self.index
-        if idx.buffer is not None:
-            residual = [self._flat_residual] if self.compensated else []
-            return [idx.buffer], [idx.expand(lam.to(idx.buffer.dtype))], residual
-        residual = [self.state[c]["residual"] for c in idx.cores] if self.compensated else []
-        return idx.cores, list(lam.to(idx.cores[0].dtype).unbind()), residual
+        """(cores, lambdas, residuals) as ``_foreach`` operands, in the index's layout."""
+        cores, lam = self.index.operands(lam)
+        return cores, lam, self._residual_operands if self.compensated else []
 
     @torch.no_grad()
     def update(self) -> None:

@@ -31,7 +31,7 @@ class DAS(ScalingOptimizer):
 
     def __init__(self, base, groups, alpha: float = 0.001, normalization: str = "global",
                  alpha_schedule: str = "constant", total_steps: int | None = None,
-                 eps: float = 1e-12, compensated: bool = True, flatten: bool | str = "auto"):
+                 eps: float = 1e-12, compensated: bool = True, flatten: bool = False):
         if alpha < 0:
             raise ConfigError(f"alpha must be >= 0, got {alpha}")
         if normalization not in NORMALIZATIONS:
