@@ -6,15 +6,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from toys import node
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import make_table3  # noqa: E402
-import make_table4  # noqa: E402
-import make_table5  # noqa: E402
-from _common import best_on_validation, interleaved_times  # noqa: E402
-from toys import node  # noqa: E402
-
-from tensam.config import compose  # noqa: E402
+from tensam.bench.common import interleaved_times
+from tensam.config import compose
+from tensam.reports import fastpath, table1, table2, table3, table4, table5
+from tensam.reports.runs import best_on_validation, reported
 
 
 def _summary(path: Path, method: str, seed: int, acc: float, top5: float, s_step: float,
@@ -33,8 +30,8 @@ def test_table3_reports_means_recovery_and_step_ratios(tmp_path):
     for seed, (sgd, sam) in enumerate([(0.70, 0.74), (0.72, 0.76)]):
         _summary(tmp_path / "sgd" / f"seed{seed}", "none", seed, sgd, 0.98, 0.4)
         _summary(tmp_path / "sam" / f"seed{seed}", "sam", seed, sam, 0.985, 0.8)
-    single, methods = make_table3.collect(make_table3.load_summaries(tmp_path))
-    rows = {r[0]: r for r in make_table3.rows(single, methods)}
+    single, methods = table3.collect(table3.load_summaries(tmp_path))
+    rows = {r[0]: r for r in table3.rows(single, methods)}
     assert rows["before fine-tuning"][1:3] == ["30.00", "90.00"]
     assert rows["before fine-tuning"][3:5] == ["36.74", "64.32"]  # the paper's
     assert rows["SGD"][1] == "71.00 ± 1.41" and rows["SAM"][1] == "75.00 ± 1.41"
@@ -50,13 +47,13 @@ def test_table4_names_rows_by_adapter_and_method():
         return {"model": model,
                 "optimizer": node({"method": method, "base": {"name": base}})}
 
-    assert make_table4.row_name(cfg("none", "none")) == "full fine-tuning"
-    assert make_table4.row_name(cfg("lora", "none")) == "LoRA (r 8)"
-    assert make_table4.row_name(cfg("flora", "das")) == "FLoRA DAS"
-    assert make_table4.row_name(cfg("loretta_rep", "none")) == "LoRETTA_rep ADAM"
+    assert table4.row_name(cfg("none", "none")) == "full fine-tuning"
+    assert table4.row_name(cfg("lora", "none")) == "LoRA (r 8)"
+    assert table4.row_name(cfg("flora", "das")) == "FLoRA DAS"
+    assert table4.row_name(cfg("loretta_rep", "none")) == "LoRETTA_rep ADAM"
     names = ["FLoRA DAS", "LoRETTA_rep ADAM", "full fine-tuning", "FLoRA ADAM", "LoRA (r 8)",
              "FLoRA SAM"]
-    assert sorted(names, key=make_table4._order) == [
+    assert sorted(names, key=table4._order) == [
         "full fine-tuning", "LoRA (r 8)", "FLoRA ADAM", "FLoRA SAM", "FLoRA DAS",
         "LoRETTA_rep ADAM"]
 
@@ -76,8 +73,8 @@ def test_table3_without_the_dense_or_before_run_prints_no_recovery(tmp_path, mis
     _summary(tmp_path / "before", "none", 0, 0.30, 0.90, 0.0)
     _summary(tmp_path / "sgd" / "seed0", "none", 0, 0.70, 0.98, 0.4)
     (tmp_path / missing / "summary.json").unlink()
-    single, methods = make_table3.collect(make_table3.load_summaries(tmp_path))
-    rows = {r[0]: r for r in make_table3.rows(single, methods)}
+    single, methods = table3.collect(table3.load_summaries(tmp_path))
+    rows = {r[0]: r for r in table3.rows(single, methods)}
     assert rows["SGD"][5] == "-" and rows["SGD"][1] == "70.00"
 
 
@@ -112,20 +109,19 @@ def test_table5_selects_on_validation_per_seed_and_reports_the_chosen_test_score
         _t5(tmp_path / f"das_b{seed}", "cb", "das", seed, v2, a2, 0.4)
     _t5(tmp_path / "zero", "cb", "none", 0, 0.3, 0.5, 0.1, steps=0)
     out = tmp_path / "t5.md"
-    monkeypatch.setattr(sys, "argv", ["make_table5.py", "--root", str(tmp_path), "--out",
+    monkeypatch.setattr(sys, "argv", ["table5.py", "--root", str(tmp_path), "--out",
                                       str(out)])
-    make_table5.main()
+    table5.main()
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in
             out.read_text().splitlines() if line.startswith("| ")}
     assert rows["LoRETTA_rep DAS"][2:4] == ["75.0 ± 7.1", "82.1"]  # mean of 70 and 80; paper
     assert rows["zero-shot"][1:4] == ["-", "50.0", "60.7"]  # one run: no std
-    assert make_table5.metric("cb", "text") == "f1" and make_table5.metric("copa", "text") == (
+    assert table5.metric("cb", "text") == "f1" and table5.metric("copa", "text") == (
         "accuracy")
-    assert make_table5.metric("squad", "code") == "f1"
+    assert table5.metric("squad", "code") == "f1"
 
 
 def test_reported_reads_a_run_at_its_best_checkpoint():
-    from _common import reported
 
     run = {"status": "finished", "objective": "val_accuracy", "val_accuracy": 0.6,
            "accuracy": 0.5, "best/val_accuracy": 0.8, "best/accuracy": 0.7, "best/step": 300}
@@ -177,17 +173,17 @@ def test_table4_selects_and_scores_each_run_at_its_best_checkpoint(tmp_path, mon
         _t4(root / f"das_b{seed}", "das", seed, *b)  # final evaluations validate better: 75, 73
     _t4(root / "zero", "none", 0, (0.55, 0.514), None, steps=0)
     out = tmp_path / "t4.md"
-    monkeypatch.setattr(sys, "argv", ["make_table4.py", "--root", str(root), "--out", str(out)])
-    make_table4.main()
+    monkeypatch.setattr(sys, "argv", ["table4.py", "--root", str(root), "--out", str(out)])
+    table4.main()
     rows = _table(out)
     assert rows["FLoRA DAS"][2:4] == ["82.00 ± 2.83", "83.00 ± 9.90"]  # tests 80, 84; vals 76, 90
     assert rows["zero-shot"][2:4] == ["51.40 ± 0.00", "55.00 ± 0.00"]
     assert "--checkpoint best" in out.read_text()
     assert "each run's evaluation with the best val_accuracy (every 100 steps" in out.read_text()
     assert "for 2 of 3 runs, the final evaluation for the others" in out.read_text()
-    monkeypatch.setattr(sys, "argv", ["make_table4.py", "--root", str(root), "--out", str(out),
+    monkeypatch.setattr(sys, "argv", ["table4.py", "--root", str(root), "--out", str(out),
                                       "--checkpoint", "last"])
-    make_table4.main()
+    table4.main()
     rows = _table(out)
     assert rows["FLoRA DAS"][2:4] == ["45.00 ± 7.07", "74.00 ± 1.41"]  # runs b: tests 50, 40
     assert "each run's final evaluation" in out.read_text()
@@ -202,9 +198,9 @@ def test_table5_scores_each_run_at_its_best_checkpoint(tmp_path, monkeypatch):
     summary["config"]["eval_every"] = 200
     (tmp_path / "b" / "summary.json").write_text(json.dumps(summary))
     out = tmp_path / "t5.md"
-    monkeypatch.setattr(sys, "argv", ["make_table5.py", "--root", str(tmp_path), "--out",
+    monkeypatch.setattr(sys, "argv", ["table5.py", "--root", str(tmp_path), "--out",
                                       str(out)])
-    make_table5.main()
+    table5.main()
     assert _table(out)["LoRETTA_rep DAS"][2] == "75.0"
     assert "each run's evaluation with the best val_loss (every 200 steps" in out.read_text()
 
@@ -253,9 +249,8 @@ def _table1(root: Path, das_seed1: dict | None = None, **kwargs) -> None:
 
 
 def _build_table1(root: Path, out: Path) -> str:
-    import make_table1
 
-    make_table1.main(["--root", str(root), "--out", str(out)])
+    table1.main(["--root", str(root), "--out", str(out)])
     return (out / "table1.md").read_text()
 
 
@@ -304,7 +299,6 @@ def test_reports_group_by_stored_settings_and_count_diverged_runs_apart(tmp_path
 def test_table1_counts_a_diverged_run_apart_and_never_averages_it(tmp_path):
     """A diverged run was averaged into 'nan ± nan' with n = 2, and loss_peaks crashed on its
     null loss (TypeError: '>' not supported between 'NoneType' and 'float')."""
-    import make_table1
 
     _table1(tmp_path / "runs", das_seed1={"status": "diverged"})
     text = _build_table1(tmp_path / "runs", tmp_path / "out")
@@ -313,7 +307,7 @@ def test_table1_counts_a_diverged_run_apart_and_never_averages_it(tmp_path):
     assert das.endswith("| 1 (+1 diverged) |") and "nan" not in text
     peaks = next(line for line in text.splitlines() if line.startswith("| heldout | seed1 |"))
     assert "diverged at step 7" in peaks
-    rows = {(r["method"], r["metric"]): r for r in make_table1.aggregate(
+    rows = {(r["method"], r["metric"]): r for r in table1.aggregate(
         {("heldout", m, s): json.loads((tmp_path / "runs" / "heldout" / d / s / "summary.json")
                                        .read_text())
          for m, d in (("adam", "none"), ("das", "das")) for s in ("seed0", "seed1")})}
@@ -321,18 +315,17 @@ def test_table1_counts_a_diverged_run_apart_and_never_averages_it(tmp_path):
 
 
 def test_table1_with_every_run_of_a_cell_diverged_prints_no_number(tmp_path):
-    import make_table1
 
     for seed in (0, 1):
         _run(tmp_path / "heldout" / "das" / f"seed{seed}", _t1_config("das", seed),
              status="diverged")
     summaries = {("heldout", "das", f"seed{s}"): json.loads(
         (tmp_path / "heldout" / "das" / f"seed{s}" / "summary.json").read_text()) for s in (0, 1)}
-    rows = make_table1.aggregate(summaries)
+    rows = table1.aggregate(summaries)
     assert all(r["mean"] is None and not r["agrees"] and r["count"] == "0 (+2 diverged)"
                for r in rows)
-    assert "| DAS | - (no finished run) | - (no finished run) |" in make_table1.main_table(rows)
-    assert "no finished run of DAS (all diverged)" in make_table1.verdict(rows)[0]
+    assert "| DAS | - (no finished run) | - (no finished run) |" in table1.main_table(rows)
+    assert "no finished run of DAS (all diverged)" in table1.verdict(rows)[0]
 
 
 @pytest.mark.parametrize("das_seed1, needle", [
@@ -391,10 +384,9 @@ def _t2_config(method: str, seed: int, noise: float = 0.6, rank: int = 10,
 
 
 def _build_table2(root: Path, out: Path, monkeypatch) -> str:
-    import make_table2
 
-    monkeypatch.setattr(sys, "argv", ["make_table2.py", "--root", str(root), "--out", str(out)])
-    make_table2.main()
+    monkeypatch.setattr(sys, "argv", ["table2.py", "--root", str(root), "--out", str(out)])
+    table2.main()
     return out.read_text()
 
 
@@ -452,16 +444,15 @@ def test_table2_pairs_each_method_with_sgd_by_seed_and_reports_the_regime(tmp_pa
 
 
 def test_fastpath_check_pairs_fast_with_fp32_by_seed(tmp_path, monkeypatch):
-    import make_fastpath_check
 
     for path, shift in (("fp32", 0.0), ("fast", 0.01)):
         for seed in (0, 1, 2):
             cfg = {**_t2_config("none", seed, epochs=50), "precision": path}
             _run(tmp_path / path / f"seed{seed}", cfg, value=0.3 + seed / 10 + shift * seed,
                  **{"best/accuracy": 0.5})
-    monkeypatch.setattr(sys, "argv", ["make_fastpath_check.py", "--root", str(tmp_path),
+    monkeypatch.setattr(sys, "argv", ["fastpath.py", "--root", str(tmp_path),
                                       "--out", str(tmp_path / "check.md")])
-    make_fastpath_check.main()
+    fastpath.main()
     text = (tmp_path / "check.md").read_text()
     assert "| final | +1.00 [-1.48, +3.48] | yes | 3 |" in text  # diffs 0, 1, 2 points
     assert "| best | +0.00 [+0.00, +0.00] | yes | 3 |" in text

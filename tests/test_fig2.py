@@ -1,17 +1,13 @@
-"""scripts/reproduce_fig2.py: direction normalisation, 1-D profiles and the R2-drop radius."""
-
-import sys
-from pathlib import Path
+"""Figure 2 (tensam.reports.fig2): direction normalisation, 1-D profiles and the R2-drop
+radius."""
 
 import numpy as np
 import pytest
 import torch
 from toys import covid
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import reproduce_fig2 as fig2  # noqa: E402
-
-from tensam.cores import core_groups  # noqa: E402
+from tensam.cores import core_groups
+from tensam.reports import fig2
 
 TS = np.linspace(-0.2, 0.2, 9)
 

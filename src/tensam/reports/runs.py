@@ -1,7 +1,8 @@
 """Reading run directories back for tables and figures, as strictly as the trainer reads them.
 
-The table builders of ``scripts/`` read every run through this module, so that they agree with
-:mod:`tensam.train` on what a run directory means:
+This is the one place that knows a run directory's layout (``summary.json``, ``metrics.jsonl``,
+``checkpoint.pt``, as :mod:`tensam.train` writes them). Every builder of :mod:`tensam.reports`
+reads runs through it, so that they agree with the trainer on what a run directory means:
 
 * :func:`read_jsonl` reads a run's ``metrics.jsonl``; a torn last line (a run killed while
   writing it) is dropped with one line on stderr, as the trainer drops it when the run resumes
@@ -15,7 +16,12 @@ The table builders of ``scripts/`` read every run through this module, so that t
   one cell or describe under one header (say, an old 100-step run beside 50,000-step ones);
   the seed, and settings that are the seed in every run (``task.split: ${seed}``), may differ;
 * :class:`Cell` splits the runs of a cell by status: finished runs are averaged, diverged runs
-  are counted apart (``"3 (+1 diverged)"``) and never averaged.
+  are counted apart (``"3 (+1 diverged)"``) and never averaged;
+* :func:`reported` and :func:`best_on_validation` say which evaluation of a run a table shows
+  (its best checkpoint on validation, the reference code's protocol);
+* :func:`final_state` is a finished run's final weights, refused unless they are final;
+* :func:`config`, :func:`build` compose a config as ``train.py`` does and build its task and
+  model; :func:`cached` stores an analysis result beside the runs.
 """
 
 from __future__ import annotations
@@ -23,12 +29,13 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tensam.config import trajectory_only, trajectory_settings
+from tensam.config import compose, trajectory_only, trajectory_settings
+from tensam.logging import atomic_write_text
 
 FINISHED, DIVERGED = "finished", "diverged"
 
@@ -212,6 +219,119 @@ class Cell:
         return text + (f" (+{', '.join(extra)})" if extra else "")
 
 
-__all__ = ["DIVERGED", "FINISHED", "Cell", "MixedSettingsError", "differing_settings",
-           "load_summaries", "method_of", "optimizer_settings", "read_jsonl",
-           "require_same_settings", "run_name", "seed_keys", "settings_of"]
+# -- which evaluation a table reports -----------------------------------------------------------
+
+#: which evaluation of a run a table reports (``--checkpoint``)
+CHECKPOINTS = ("best", "last")
+
+
+def reported(summary: Mapping, checkpoint: str = "best") -> dict:
+    """``summary`` with the metrics of the evaluation it reports, and ``"checkpoint"`` saying
+    which: with ``checkpoint="best"``, for a run evaluated every ``eval_every`` steps, the
+    evaluation with the best objective (its ``best/<metric>`` keys; ``"best@<step>"``): LM-BFF's,
+    MeZO's and LoRETTA's best checkpoint on validation, whose test score they report; otherwise
+    (``"last"``, a run without evaluations during training, or one from before the summaries kept
+    every metric of it) the final evaluation (``"last"``)."""
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint={checkpoint!r} is not one of {list(CHECKPOINTS)}")
+    best = {k.removeprefix("best/"): v for k, v in summary.items()
+            if k.startswith("best/") and k != "best/step"}
+    if (checkpoint == "best" and summary.get("best/step") is not None
+            and set(best) - {summary.get("objective")}):
+        return {**summary, **best, "checkpoint": f"best@{summary['best/step']}"}
+    return {**summary, "checkpoint": "last"}
+
+
+def best_on_validation(summaries: Iterable[Mapping], group: Callable[[Mapping], Any],
+                       metric: Callable[[Mapping], str],
+                       checkpoint: str = "best") -> dict[Any, dict]:
+    """Per ``group(summary)``, the finished run with the best validation value of
+    ``metric(summary)`` (the paper's protocol: a grid per data seed, the configuration with the
+    best validation score reports its test score); a group of one run is that run. Every run is
+    read as :func:`reported` reads it: its best checkpoint on validation where it has one (the
+    reference code's per-run selection), so both the validation score compared here and the test
+    score a table prints are that checkpoint's; the runs are returned so read."""
+    best: dict[Any, dict] = {}
+    for s in summaries:
+        if s.get("status") != "finished":
+            continue
+        s = reported(s, checkpoint)
+        key, value = group(s), s.get(metric(s))
+        if value is not None and (key not in best or value > best[key][metric(s)]):
+            best[key] = s
+    return best
+
+
+def checkpoint_note(runs: Iterable[Mapping]) -> str:
+    """Which evaluation of each of ``runs`` (read by :func:`reported`) a table shows, in words."""
+    runs = list(runs)
+    chosen = [r for r in runs if r["checkpoint"] != "last"]
+    if not chosen:
+        return "each run's final evaluation"
+    every = "/".join(sorted({str(r["config"].get("eval_every")) for r in chosen}))
+    objective = "/".join(sorted({str(r.get("objective")) for r in chosen}))
+    note = (f"each run's evaluation with the best {objective} (every {every} steps, the "
+            "reference code's best checkpoint)")
+    if len(chosen) < len(runs):
+        note += (f" for {len(chosen)} of {len(runs)} runs, the final evaluation for the others "
+                 "(no evaluation during training)")
+    return note
+
+
+# -- final weights, configs and models of runs ---------------------------------------------------
+
+def final_state(run_dir: Path) -> tuple[dict, dict]:
+    """(summary, model state_dict) of a finished run at its final step: its ``checkpoint.pt``
+    must hold the step its ``summary.json`` ends at, else :class:`ValueError` naming the run."""
+    import torch
+
+    run_dir = Path(run_dir)
+    summary_path, path = run_dir / "summary.json", run_dir / "checkpoint.pt"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if summary.get("status") != FINISHED:
+        raise ValueError(f"{run_dir} holds no finished run (summary.json: status "
+                         f"{summary.get('status')!r}); finish the run first")
+    if not path.is_file():
+        raise ValueError(f"{run_dir} has no checkpoint.pt (train with checkpoint_every > 0)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt["step"] != summary["steps"]:
+        raise ValueError(f"{path} holds step {ckpt['step']}, not the final step "
+                         f"{summary['steps']}: train with a checkpoint_every that divides steps")
+    return summary, ckpt["model"]
+
+
+def config(overrides: Sequence[str]) -> dict:
+    """The resolved root config under Hydra ``overrides`` (:func:`tensam.config.compose`)."""
+    return compose(*overrides)
+
+
+def build(cfg: Mapping):
+    """(task, model) of a resolved config, seeded as :func:`tensam.train.run` does."""
+    from tensam.tasks import build_model, build_task
+    from tensam.train import seed_everything
+
+    seed_everything(int(cfg["seed"]))
+    task = build_task(cfg["task"], cfg["model"].get("pretrained"))
+    return task, build_model(cfg["model"], task)
+
+
+def cached(path: Path, settings: dict, compute: Callable[[], dict]) -> dict:
+    """``compute()``'s result, stored in ``path`` with its ``settings``; a stored result is
+    reused only if it was made with the same settings (an analysis, not a training run)."""
+    path = Path(path)
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored.get("settings") == settings:
+            return stored
+    result = {**compute(), "settings": settings}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}", flush=True)
+    return result
+
+
+__all__ = ["CHECKPOINTS", "DIVERGED", "FINISHED", "Cell", "MixedSettingsError",
+           "best_on_validation", "build", "cached", "checkpoint_note", "config",
+           "differing_settings", "final_state", "load_summaries", "method_of",
+           "optimizer_settings", "read_jsonl", "reported", "require_same_settings", "run_name",
+           "seed_keys", "settings_of"]

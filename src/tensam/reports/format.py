@@ -1,0 +1,57 @@
+"""Formatting of the reports: mean ± std, Markdown tables, and the machine a report was made on."""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tensam.logging import atomic_write_text
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
+    values = np.asarray(values, dtype=float)
+    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return float(values.mean()), std
+
+
+def fmt_mean_std(mean: float, std: float, digits: int = 4) -> str:
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, lines: list[str], summaries: Mapping, note: str) -> None:
+    """Write ``lines`` to ``out`` as a Markdown report, closed by the machine, the training time
+    of all ``summaries`` together and ``note`` on how to read their step times."""
+    machine = machine_info()
+    hours = sum(s["seconds"] for s in summaries.values()) / 3600
+    footer = (f"Machine: {machine['cpu']} ({machine['cpus']} CPUs), torch {machine['torch']}; "
+              f"training time of all runs together: {hours:.2f} h. s/step is each run's wall "
+              f"time per step (SAM's two passes included) {note}")
+    atomic_write_text(out, "\n".join([*lines, footer]) + "\n")
+    print(f"wrote {out}")
+
+
+def machine_info() -> dict:
+    """CPU model and count, torch threads, Python, torch and numpy versions of this machine."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
+                 if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {"cpu": cpu, "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__}
