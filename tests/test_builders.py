@@ -456,3 +456,61 @@ def test_fastpath_check_pairs_fast_with_fp32_by_seed(tmp_path, monkeypatch):
     text = (tmp_path / "check.md").read_text()
     assert "| final | +1.00 [-1.48, +3.48] | yes | 3 |" in text  # diffs 0, 1, 2 points
     assert "| best | +0.00 [+0.00, +0.00] | yes | 3 |" in text
+
+
+def test_final_state_returns_the_final_weights_and_refuses_others(tmp_path):
+    """The one reader of a run's final weights: the checkpoint must be at the summary's last
+    step of a finished run."""
+    import torch
+
+    from tensam.reports.runs import final_state
+
+    state = {"w": torch.arange(3.0)}
+    torch.save({"step": 10, "model": state}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="holds no finished run"):
+        final_state(tmp_path)
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "finished", "steps": 10}))
+    summary, loaded = final_state(tmp_path)
+    assert summary["steps"] == 10 and torch.equal(loaded["w"], state["w"])
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "finished", "steps": 20}))
+    with pytest.raises(ValueError, match="holds step 10, not the final step 20"):
+        final_state(tmp_path)
+    (tmp_path / "checkpoint.pt").unlink()
+    with pytest.raises(ValueError, match="has no checkpoint.pt"):
+        final_state(tmp_path)
+
+
+def test_render_fills_a_template_and_refuses_a_gap_or_an_unused_field():
+    from tensam.reports.format import render
+
+    text = render("normdyn", root="r", date="d", title="T", n_layers=3, machine="m",
+                  summary_table="S\n", n=5, agree=2, n_rows=3, note="", sign_table="X\n")
+    assert "Agreement: **2 of 3 layers**." in text and "${" not in text
+    with pytest.raises(KeyError):
+        render("normdyn", root="r")  # the other placeholders have no value
+    with pytest.raises(KeyError, match="no placeholder for"):
+        render("normdyn", root="r", date="d", title="T", n_layers=3, machine="m", n=5,
+               summary_table="S", agree=2, n_rows=3, note="", sign_table="X", typo=1)
+
+
+def test_every_report_template_is_rendered_with_exactly_its_placeholders():
+    """Statically, without running the analyses: each render("name", ...) call of the package
+    passes the keyword fields that templates/name.md uses, and every template has a caller."""
+    import ast
+    import string
+    from importlib.resources import files
+
+    templates = files("tensam.reports").joinpath("templates")
+    used = {}
+    for path in (Path(__file__).resolve().parents[1] / "src" / "tensam").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "render"
+                    and node.args and isinstance(node.args[0], ast.Constant)):
+                used[node.args[0].value] = {k.arg for k in node.keywords}
+    names = {t.name.removesuffix(".md") for t in templates.iterdir() if t.name.endswith(".md")}
+    assert set(used) == names
+    for name, fields in used.items():
+        text = templates.joinpath(f"{name}.md").read_text()
+        pattern = string.Template.pattern
+        placeholders = {m.group("named") or m.group("braced") for m in pattern.finditer(text)}
+        assert placeholders - {None} == fields, name

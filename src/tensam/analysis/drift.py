@@ -40,7 +40,7 @@ from tensam.cores import core_groups  # noqa: E402
 from tensam.logging import atomic_write_text  # noqa: E402
 from tensam.metrics.drift import one_step_drifts  # noqa: E402
 from tensam.optim import DAS, SAM, WrappedOptimizer  # noqa: E402
-from tensam.reports.format import machine_info, markdown_table  # noqa: E402
+from tensam.reports.format import machine_info, markdown_table, render  # noqa: E402
 from tensam.reports.runs import build, config  # noqa: E402
 
 DAS_ROWS = {"das_global": "DAS, u_D (global)", "das_layer": "DAS, u_l (layer)"}
@@ -179,58 +179,23 @@ def report(args, results: dict[int, dict], wall: float) -> None:
                     for m in DAS_ROWS for s in seeds)]
                  for i, name in enumerate(first["layers"])]
     measured = sum(r["seconds"] for r in results.values())
-    lines = [
-        "# DAS normalisation on TR-ResNet-20: one-step drifts of Q_l against SAM's (float64)",
-        "",
-        f"Command: `python scripts/normdyn_drift.py --root {args.root} --seeds "
-        f"{' '.join(map(str, seeds))} --steps {args.steps} --lr {args.lr} --rhos "
-        f"{' '.join(map(str, args.rhos))} --batch {args.batch}` (`make reproduce-drift-cpu`). "
-        f"TR-ResNet-20 rank 10 ({n_layers} tensorized layers) on the clean 10k CIFAR-10 subset "
-        "(the JPEG re-encoding of CIFAR-10), weights, updates and Q_l in float64 (forward and "
-        "backward by a float32 copy), along a plain SGD trajectory; at every step SGD, SAM (rho), "
-        "DAS-global and DAS-layer (alpha = rho) each take one step from the same weights on the "
-        "same batch (the optimizers' own code), and a method's drift is its dQ_l minus SGD's. "
-        "Seeds are paired: same init, batches and augmentation across methods.",
-        "",
-        f"Machine: {machine_info()['cpu']}, {torch.get_num_threads()} threads, torch "
-        f"{torch.__version__}; {measured:.0f} s of measurement ({args.steps} steps x "
-        f"{len(seeds)} seeds), {wall:.0f} s wall time in the invocation that wrote this file; "
-        f"{datetime.date.today().isoformat()}.",
-        "",
-        f"## Over all (layer, step) pairs (mean ± std over {len(seeds)} seeds)",
-        "",
-        "Each row predicts SAM's measured one-step drift of Q_l by a quantity computed from the "
-        "same weights and batch. Slope: least squares of SAM's drift on the predictor through "
-        "the origin (1 = SAM drifts as predicted); r: Pearson correlation over the (layer, "
-        "step) pairs; last column: the median over layers of SAM's drift summed over the run "
-        "divided by the predictor's (1 = the same total drift).",
-        "",
-        markdown_table(["rho = alpha", "predictor of SAM's drift", "slope", "r",
-                        "median per-layer SAM total / predictor total"], rows),
-        "",
-        "Theorem 3's sign: the share of (layer, step) pairs in which SAM's one-step drift has the "
-        "sign of 4 eta rho u_D K_l Cov_l, and the layers in which SAM's drift summed over the run "
-        "has the sign of the layer's mean Cov_l (per seed).",
-        "",
-        markdown_table(["rho", "per step (%)", "per layer, summed"], signs),
-        "",
-        "SAM perturbs every parameter (BatchNorm and the dense fc too), so its own u is "
-        "1/||g|| over all of them; u_D over the cores is larger by the factor ||g|| u_D "
-        f"(median over steps {fmt([results[s]['u_ratio'] for s in seeds])}, over seeds).",
-        "",
-        f"## Per layer (rho = alpha = {rho0})",
-        "",
-        "Mean Cov_l(||G_k||^2, ||g_k||^2) over the steps; SAM's drift of Q_l summed over the run; "
-        "SAM's summed drift divided by each DAS's.",
-        "",
-        markdown_table(["layer", *(f"mean Cov {c}" for c in seed_cols),
-                        *(f"SAM total dQ {c}" for c in seed_cols),
-                        *(f"SAM/{m.split('_')[1]} {c}" for m in DAS_ROWS for c in seed_cols)],
-                       per_layer),
-        "",
-        f"![drifts]({args.out.with_suffix('.png').name})",
-    ]
-    atomic_write_text(args.out, "\n".join(lines) + "\n")
+    layer_header = ["layer", *(f"mean Cov {c}" for c in seed_cols),
+                    *(f"SAM total dQ {c}" for c in seed_cols),
+                    *(f"SAM/{m.split('_')[1]} {c}" for m in DAS_ROWS for c in seed_cols)]
+    text = render(
+        "drift", n_layers=n_layers, n_seeds=len(seeds), steps=args.steps, rho=rho0,
+        arguments=f"--root {args.root} --seeds {' '.join(map(str, seeds))} --steps {args.steps} "
+                  f"--lr {args.lr} --rhos {' '.join(map(str, args.rhos))} --batch {args.batch}",
+        machine=f"{machine_info()['cpu']}, {torch.get_num_threads()} threads, torch "
+                f"{torch.__version__}",
+        measured=f"{measured:.0f}", wall=f"{wall:.0f}", date=datetime.date.today().isoformat(),
+        fit_table=markdown_table(["rho = alpha", "predictor of SAM's drift", "slope", "r",
+                                  "median per-layer SAM total / predictor total"], rows),
+        sign_table=markdown_table(["rho", "per step (%)", "per layer, summed"], signs),
+        u_ratio=fmt([results[s]["u_ratio"] for s in seeds]),
+        layer_table=markdown_table(layer_header, per_layer),
+        figure=args.out.with_suffix(".png").name)
+    atomic_write_text(args.out, text)
     fig, axes = plt.subplots(1, 2, figsize=(11, 5), sharex=True, sharey=True)
     for ax, (m, label) in zip(axes, DAS_ROWS.items(), strict=True):
         lim = max(np.abs(np.concatenate(results[s][rho0]["points"][m])).max() for s in seeds)

@@ -57,7 +57,7 @@ from tensam.bench.optim import Bench, DeepCPRegression, measure
 from tensam.cores import core_groups
 from tensam.logging import atomic_write_text
 from tensam.optim import build_optimizer
-from tensam.reports.format import fmt_mean_std, machine_info, markdown_table, mean_std
+from tensam.reports.format import fmt_mean_std, machine_info, markdown_table, mean_std, render
 from tensam.reports.runs import build, cached, config, method_of
 from tensam.tasks import build_model
 
@@ -355,87 +355,44 @@ def timing_table(name: str, measured: dict, csv_rows: list) -> str:
 
 
 def report(tables: list, measured: dict, training_seconds: float, csv_rows: list) -> str:
-    """results/optimizers.md: ``tables`` holds (experiment, metric, rows, steps, full steps,
-    why each method is not applicable) per task table."""
+    """results/optimizers.md (template ``optimizers.md``): ``tables`` holds (experiment, metric,
+    rows, steps, full steps, why each method is not applicable) per task table."""
     info = machine_info()
     reduced = [f"{e.name} {steps:,} (protocol: {full:,})" for e, _, _, steps, full, _ in tables]
     load = [measured[e.name]["load_before"] for e in EXPERIMENTS]
     load += [measured[k]["load_before"] for k in ("cp_k4", "cp_k2")]
-    lines = [
-        "# Optimizer comparison: base, SAM, ASAM, nuSAM, DAS, nBAR, oBAR",
-        "",
-        "Command: `make reproduce-optimizers` (the Hydra multiruns of the Makefile, then "
-        "`.venv/bin/python scripts/compare_optimizers.py`).  ",
-        f"Report written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} (UTC). Machine: "
-        f"{info['cpu']}, {info['cpus']} CPU cores shared with other jobs, torch {info['torch']} "
-        f"(CPU), Python {info['python']}; one torch thread per process, training runs on 2 "
-        "local worker processes (Hydra's joblib launcher), measurements on one. Training time "
-        f"summed over the runs: {training_seconds:.0f} s. 1-minute load average at the start "
-        "of each measurement: " + ", ".join(f"{la[0]:.1f}" for la in load) + ".",
-        "",
-    ]
     if any(steps < full for _, _, _, steps, full, _ in tables):
-        lines += [f"**REDUCED STEPS: {', '.join(reduced)}. The task metrics below are NOT the "
-                  "protocol's and not comparable to the paper's numbers, which are shown in "
-                  "their own column, labelled, at the paper's 50,000 steps.**", ""]
+        steps_note = (f"**REDUCED STEPS: {', '.join(reduced)}. The task metrics below are NOT the "
+                      "protocol's and not comparable to the paper's numbers, which are shown in "
+                      "their own column, labelled, at the paper's 50,000 steps.**")
     else:
-        lines += [f"Steps: {', '.join(reduced)}.", ""]
-    lines += [
-        "Seeds 0, 1, 2 (= Table 1 splits and model inits; for fig1 the model init, the "
-        "noise draws are fixed by `task.data_seed`). Q reduction = 1 - Q_final / Q_final(base) "
-        "on the same seed (positive: more balanced cores). Time vs base: median over "
-        "interleaved blocks of the step time, one process, one thread, seed-0 model "
-        "(`scripts/bench_optim.py`'s `measure`), with the interquartile range of the per-block "
-        "ratios; the training-run column divides the runs' own seconds per step (runs in "
-        "parallel on a shared machine: indicative only). Extra memory: peak net bytes the "
-        "optimizer adds beyond the parameters, gradients and the base optimizer's state (see "
-        "the script's docstring), and its multiple of the parameter bytes.",
-        "",
-        "Hyperparameters (column 'hyperparameters', read from the composed configs): every "
-        "optimizer reads its own file of `configs/tuned/<experiment>`, so SAM and DAS use the "
-        "experiment's rho and alpha (the paper's values for Table 1) and ASAM, nuSAM, nBAR and "
-        "oBAR their own configs' values. Sources: "
-        + "; ".join(f"{LABELS[m]}: {s}" for m, s in SOURCES.items()) + ".",
-        "",
-        "## (i) Task tables",
-        "",
-    ]
+        steps_note = f"Steps: {', '.join(reduced)}."
+    task_tables = []
     for experiment, metric, rows, steps, full, na in tables:
         note = f"ours, {steps:,} steps" + (", REDUCED" if steps < full else "")
-        lines += [f"### {experiment.title}", "",
-                  markdown_table(["optimizer", "hyperparameters", f"{metric} ({note})",
-                                  "paper, 50,000 steps" if experiment.paper else "paper",
-                                  "Q final", "Q reduction vs base", "time/step vs base "
-                                  "(interleaved)", "time/step vs base (training runs)",
-                                  "extra memory, bytes"], rows)]
+        task_tables += [f"### {experiment.title}", "",
+                        markdown_table(["optimizer", "hyperparameters", f"{metric} ({note})",
+                                        "paper, 50,000 steps" if experiment.paper else "paper",
+                                        "Q final", "Q reduction vs base", "time/step vs base "
+                                        "(interleaved)", "time/step vs base (training runs)",
+                                        "extra memory, bytes"], rows)]
         refused = {m: why for m, why in na.items() if why}
         if refused:
-            lines += [f"{', '.join(LABELS[m] for m in refused)}: the optimizer refuses the "
-                      "model: " + "; ".join(dict.fromkeys(why.split(": ", 1)[1]
-                                                          for why in refused.values())) + ".",
-                      ""]
-    lines += ["The paper's Figure 1 gives curves, no numbers; its Table 1 does not say which "
-              "protocol it used (see `experiments/table1/README.md`), so its numbers are shown "
-              "beside both protocols.", ""]
+            task_tables += [f"{', '.join(LABELS[m] for m in refused)}: the optimizer refuses "
+                            "the model: " + "; ".join(dict.fromkeys(
+                                why.split(": ", 1)[1] for why in refused.values())) + ".", ""]
     cp = {"cp_k4": "60 CPLinear((4,4),(4,4), rank 8) layers with ReLU: K = 4, 60 core groups "
                    "(240 cores)",
           "cp_k2": "60 CPLinear((16,),(16,), rank 8) layers with ReLU (each a rank-8 matrix "
                    "factorization): K = 2, 60 core groups (120 cores)"}
-    lines += ["## (ii) Step time on many-core-groups models", "",
-              "Batch 64, MSE to random targets, seed 0, every method over "
-              "`optimizer/base=sgd` (lr 0.1, momentum 0.9, weight decay 5e-4) with its own "
-              "config's hyperparameters. Interleaved blocks as in `scripts/bench_optim.py`; "
-              "wall-clock ratios decide PASS/FAIL, the CPU-time ratio is a cross-check on the "
-              "shared machine. Repeated measurements on this machine differ by several "
-              "hundredths of the ratio, so a margin that small is not a robust verdict (see "
-              "the README).", ""]
+    timing_tables = []
     for key, title in cp.items():
         m = measured[key]
-        lines += [f"### {title}", "",
-                  f"Warm-up {m['warmup']} steps per method, {m['blocks']} blocks x "
-                  f"{m['steps']} steps per method; load average {m['load_before'][0]:.1f} "
-                  f"before, {m['load_after'][0]:.1f} after.", "",
-                  timing_table(key, m, csv_rows)]
+        timing_tables += [f"### {title}", "",
+                          f"Warm-up {m['warmup']} steps per method, {m['blocks']} blocks x "
+                          f"{m['steps']} steps per method; load average "
+                          f"{m['load_before'][0]:.1f} before, {m['load_after'][0]:.1f} after.",
+                          "", timing_table(key, m, csv_rows)]
     mem = measured["matrices"]
     rows, sam = [], mem["rows"]["SAM"]["extra_bytes"]
     for label, r in mem["rows"].items():
@@ -444,16 +401,6 @@ def report(tables: list, measured: dict, training_seconds: float, csv_rows: list
                      f"{100 * b / sam:.2f}%"])
         csv_rows.append(["memory", "matrices", label, 0, "extra_bytes", b])
     nusam = mem["rows"]["nuSAM"]["extra_bytes"] / sam
-    lines += ["## (iii) Extra memory on a model of large matrices", "",
-              f"4 float32 `nn.Linear(1024, 1024)` layers with biases "
-              f"({mem['parameter_bytes']:,} bytes of parameters), each method's own config "
-              "over Adam. SAM holds a copy of the perturbed weights during the second pass "
-              "(it frees e right after w <- w + e); nuSAM perturbs the weight matrices only "
-              "and holds u_i (warm start), c_i u_i and v_i.", "",
-              markdown_table(["optimizer", "extra memory (bytes)", "/ parameter bytes",
-                              "/ SAM's"], rows),
-              f"Target nuSAM < 1% of SAM's: {100 * nusam:.2f}% -> "
-              f"**{'PASS' if nusam < 0.01 else 'FAIL'}**.", ""]
     targets = []
     for key in cp:
         for method, r in measured[key]["timing"].items():
@@ -463,14 +410,17 @@ def report(tables: list, measured: dict, training_seconds: float, csv_rows: list
                                 f"**{verdict(r)}**"])
     targets.append(["nuSAM extra memory on 4 x Linear(1024, 1024)", "< 1% of SAM's",
                     f"{100 * nusam:.2f}%", f"**{'PASS' if nusam < 0.01 else 'FAIL'}**"])
-    at = lines.index("## (i) Task tables")
-    lines[at:at] = ["## Targets", "", markdown_table(["target", "bound", "measured", "result"],
-                                                     targets)]
-    lines += ["Per-run summaries: `runs/table1/` and `runs/optimizers/fig1/`; raw block times "
-              "and configs of the measurements: `runs/optimizers/measure/` (git-ignored); every "
-              "number above is also in `optimizers.csv` next to this file. Protocol, "
-              "hyperparameter sources and discussion: `experiments/optimizers/README.md`.", ""]
-    return "\n".join(lines)
+    return render(
+        "optimizers", date=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}", cpu=info["cpu"],
+        cpus=info["cpus"], torch=info["torch"], python=info["python"],
+        training=f"{training_seconds:.0f}", load=", ".join(f"{la[0]:.1f}" for la in load),
+        steps=steps_note, sources="; ".join(f"{LABELS[m]}: {s}" for m, s in SOURCES.items()),
+        targets=markdown_table(["target", "bound", "measured", "result"], targets),
+        task_tables="\n".join(task_tables), timing_tables="\n".join(timing_tables),
+        parameter_bytes=f"{mem['parameter_bytes']:,}",
+        memory_table=markdown_table(["optimizer", "extra memory (bytes)", "/ parameter bytes",
+                                     "/ SAM's"], rows),
+        nusam=f"{100 * nusam:.2f}", nusam_verdict="PASS" if nusam < 0.01 else "FAIL")
 
 
 def write_csv(path: Path, rows: list) -> None:

@@ -11,7 +11,8 @@ labels. ``--model opt_tiny`` / ``opt_6.7b_random``: the OPT of that model config
 with its LoRETTA_rep on q_proj/v_proj, the next-token loss. Batches of ``--batch`` random token
 sequences of length ``--length``. For every adapter, Adam (AdamW for the OPTs, Table 5's base),
 SAM (rho 0.01) and DAS (alpha 0.5) over the same base step in one process, interleaved in blocks
-(:func:`tensam.bench.common.interleaved_times`); the ratio is the median over blocks of the paired ratio.
+(:func:`tensam.bench.common.interleaved_times`); the ratio is the median over blocks of the
+paired ratio.
 ``--precision bf16``: the frozen base weights in bf16, the adapters in fp32, bf16 autocast.
 Memory: the bytes of each optimizer's state (Adam's moments, DAS's residuals), and on a GPU the
 peak allocated memory of a step.
@@ -29,28 +30,27 @@ from torch.nn import functional as F
 from tensam.bench.common import bench_machine, bench_parser, interleaved_times, write_bench
 from tensam.config import compose
 from tensam.optim import build_optimizer
-from tensam.reports.format import markdown_table
+from tensam.reports.format import adapter_label, markdown_table
 from tensam.reports.runs import config
 from tensam.tasks import build_model
 
 #: label -> the optimizer config's overrides (over the base of the model's configuration)
 OPTIMIZERS = {"Adam": ["optimizer=none"], "SAM": ["optimizer=sam", "optimizer.rho=0.01"],
               "DAS": ["optimizer=das", "optimizer.alpha=0.5"]}
-#: label -> the adapter of model=minilm (configs/model/adapter/)
-MINILM_ADAPTERS = {"FLoRA": "flora", "LoRETTA_rep": "loretta_rep"}
+#: the adapters of model=minilm measured (configs/model/adapter/)
+MINILM_ADAPTERS = ("flora", "loretta_rep")
 TARGETS = {"SAM": 2.05, "DAS": 1.05}
 
 
 def configurations(model: str) -> tuple[dict[str, dict], list[str]]:
     """(adapter label -> model config, the base optimizer's overrides) of ``--model``."""
     if model == "minilm":
-        return ({label: config(["model=minilm", f"model/adapter={name}"])["model"]
-                 for label, name in MINILM_ADAPTERS.items()},
+        models = [config(["model=minilm", f"model/adapter={name}"])["model"]
+                  for name in MINILM_ADAPTERS]
+        return ({adapter_label(m["adapter"]): m for m in models},
                 ["optimizer/base=adam", "optimizer.base.lr=1e-3"])
     cfg = config([f"model={model}", "task=causal_lm"])["model"]
-    name = cfg["adapter"]["_target_"].rsplit(".", 1)[-1]
-    label = {"LorettaRep": "LoRETTA_rep", "LorettaTT": "LoRETTA_tt"}.get(name, name)
-    return {label: cfg}, ["optimizer/base=adamw", "optimizer.base.lr=1e-4",
+    return {adapter_label(cfg["adapter"]): cfg}, ["optimizer/base=adamw", "optimizer.base.lr=1e-4",
                           "optimizer.base.weight_decay=0.01"]
 
 

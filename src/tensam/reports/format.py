@@ -12,6 +12,18 @@ import numpy as np
 
 from tensam.logging import atomic_write_text
 
+#: an adapter's label in tables and benchmarks, by its config's ``_target_``
+ADAPTER_LABELS = {"tensam.adapters.lora.lora": "LoRA", "tensam.adapters.FLoRALinear": "FLoRA",
+                  "tensam.adapters.LorettaRep": "LoRETTA_rep",
+                  "tensam.adapters.LorettaTT": "LoRETTA_tt"}
+
+
+def adapter_label(adapter: Mapping) -> str:
+    """The label of an adapter config (:data:`ADAPTER_LABELS`; another adapter: the name of its
+    class or function)."""
+    target = adapter["_target_"]
+    return ADAPTER_LABELS.get(target, target.rsplit(".", 1)[-1])
+
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
@@ -55,3 +67,18 @@ def machine_info() -> dict:
     return {"cpu": cpu, "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__}
+
+
+def render(name: str, **fields: Any) -> str:
+    """The report template ``templates/<name>.md`` with its ``${field}`` placeholders filled in
+    (:class:`string.Template`; ``$$`` is a literal dollar). A placeholder without a field, or a
+    field the template does not use, is an error: a report never silently leaves a gap."""
+    import string
+    from importlib.resources import files
+
+    text = files("tensam.reports").joinpath("templates", f"{name}.md").read_text()
+    template = string.Template(text)
+    used = {m.group("named") or m.group("braced") for m in template.pattern.finditer(text)} - {None}
+    if set(fields) - used:
+        raise KeyError(f"template {name}.md has no placeholder for {sorted(set(fields) - used)}")
+    return template.substitute(fields)

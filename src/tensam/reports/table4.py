@@ -25,7 +25,13 @@ from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
 
-from tensam.reports.format import fmt_mean_std, markdown_table, mean_std, write_report
+from tensam.reports.format import (
+    adapter_label,
+    fmt_mean_std,
+    markdown_table,
+    mean_std,
+    write_report,
+)
 from tensam.reports.runs import (
     CHECKPOINTS,
     best_on_validation,
@@ -51,9 +57,6 @@ PAPER = {name: dict(zip(TASKS, values, strict=True)) for name, values in {
                   (97.08, 0.27)),
     "FLoRA DAS": ((93.94, 0.56), (56.82, 0.90), (87.90, 0.57), (84.28, 0.63), (83.97, 0.87),
                   (96.80, 0.42))}.items()}
-#: an adapter's row label by its config's _target_ (another adapter: its class or function name)
-ADAPTERS = {"tensam.adapters.lora.lora": "LoRA", "tensam.adapters.FLoRALinear": "FLoRA",
-            "tensam.adapters.LorettaRep": "LoRETTA_rep", "tensam.adapters.LorettaTT": "LoRETTA_tt"}
 ORDER = ("zero-shot", "full fine-tuning", "LoRA", "FLoRA", "LoRETTA_rep", "LoRETTA_tt")
 METHODS = ("ADAM", "ADAMW", "SAM", "DAS")
 
@@ -68,7 +71,7 @@ def row_name(config: dict) -> str:
     if adapter is None:
         name = "full fine-tuning"
         return name if method in ("ADAM", "ADAMW") else f"{name} {method}"
-    name = ADAPTERS.get(adapter["_target_"], adapter["_target_"].rsplit(".", 1)[-1])
+    name = adapter_label(adapter)
     if name == "LoRA" and method in ("ADAM", "ADAMW"):
         return f"{name} (r {adapter['r']})"
     return f"{name} {method}"
