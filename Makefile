@@ -9,7 +9,7 @@ export WANDB_MODE ?= offline
 
 .PHONY: venv setup test lint reproduce-table1 reproduce-fig1 reproduce-fig2 theory \
 	reproduce-optimizers reproduce-all bench clean reproduce-noise-cpu reproduce-normdyn-cpu \
-	reproduce-table2 reproduce-fig3 bench-vision gpu-check reproduce-drift-cpu \
+	reproduce-table2 reproduce-fig3 reproduce-fig3-cpu bench-vision gpu-check reproduce-drift-cpu \
 	reproduce-table4-cpu reproduce-table3-cpu reproduce-table3 bench-peft \
 	reproduce-table5-cpu reproduce-table4 reproduce-table5 reproduce-table5-ft reproduce-table6 \
 	reproduce-fastpath-check
@@ -107,28 +107,34 @@ SEED ?= 0
 # channels_last; about 8 min per SGD run, 16 per SAM run, 42 min per seed for the 4 rows).
 # Seeds are paired across methods; a finished run is skipped and an interrupted one resumes
 # from its checkpoint, so rerunning the target continues the study. Runs:
-# runs/vision_cpu/noise_cpu/<sgd|sam|das|das_layer>/seed<k>. Then the norm dynamics of a real
+# $(CPU_RUNS)/noise_cpu/<sgd|sam|das|das_layer>/seed<k>. Then the norm dynamics of a real
 # network (300 steps per method, about 10 min).
 NOISE_SEEDS ?= 0,1,2
 ONE_AT_A_TIME = hydra.launcher.n_jobs=1
-NOISE_DIR = hydra.sweep.dir=runs/vision_cpu
+# where the CPU-scale studies write their runs (git-ignored). Each target then copies the runs'
+# records, without checkpoints, into results/runs/ (scripts/archive_runs.py): the tables can be
+# rebuilt from a clone, and copying them back into CPU_RUNS resumes a study elsewhere.
+CPU_RUNS ?= runs/vision_cpu
+NOISE_DIR = hydra.sweep.dir=$(CPU_RUNS)
 reproduce-noise-cpu: venv
 	$(MULTIRUN) $(ONE_AT_A_TIME) experiment=noise_cpu seed=$(NOISE_SEEDS) optimizer=sgd,sam,das \
 		$(NOISE_DIR) $(VISION_DIR)
 	$(MULTIRUN) $(ONE_AT_A_TIME) experiment=noise_cpu optimizer=das optimizer.normalization=layer \
 		seed=$(NOISE_SEEDS) $(NOISE_DIR) 'hydra.sweep.subdir=$${name}/das_layer/seed$${seed}'
-	$(PY) scripts/make_table2.py --root runs/vision_cpu/noise_cpu --out results/noise_cpu.md \
+	$(PY) scripts/archive_runs.py $(CPU_RUNS)/noise_cpu results/runs/noise_cpu
+	$(PY) scripts/make_table2.py --root $(CPU_RUNS)/noise_cpu --out results/noise_cpu.md \
 		--title "Label noise at CPU scale, memorization regime: TR-ResNet-20 (rank 10), CIFAR-10 2k subset, 60% noise, 150 epochs"
 
 # Does the fast CPU path change the science? SGD on noise_cpu for 50 epochs, fp32 (contiguous)
 # vs bf16 autocast + channels_last, 3 paired seeds, one run at a time on both cores (~30 min).
-# Runs: runs/vision_cpu/fastpath/<fp32|fast>/seed<k>.
+# Runs: $(CPU_RUNS)/fastpath/<fp32|fast>/seed<k>.
 FASTPATH = $(MULTIRUN) $(ONE_AT_A_TIME) experiment=noise_cpu optimizer=sgd epochs=50 \
-	seed=$(NOISE_SEEDS) hydra.sweep.dir=runs/vision_cpu/fastpath
+	seed=$(NOISE_SEEDS) hydra.sweep.dir=$(CPU_RUNS)/fastpath
 reproduce-fastpath-check: venv
 	$(FASTPATH) precision=fp32 model.channels_last=false 'hydra.sweep.subdir=fp32/seed$${seed}'
 	$(FASTPATH) 'hydra.sweep.subdir=fast/seed$${seed}'
-	$(PY) scripts/make_fastpath_check.py --root runs/vision_cpu/fastpath --out results/fastpath_check.md
+	$(PY) scripts/archive_runs.py $(CPU_RUNS)/fastpath results/runs/fastpath
+	$(PY) scripts/make_fastpath_check.py --root $(CPU_RUNS)/fastpath --out results/fastpath_check.md
 
 reproduce-normdyn-cpu: venv
 	$(MULTIRUN) experiment=normdyn_cpu optimizer=sam,sgd,das seed=$(SEED) \
@@ -150,26 +156,52 @@ reproduce-table2: venv
 		'hydra.sweep.subdir=noise$${task.data.label_noise}/$${hydra:runtime.choices.optimizer}/seed$${seed}'
 	$(PY) scripts/make_table2.py --root runs/table2
 
-# Figure 3: per decomposition and rank, tune rho and alpha on the 45k/5k split (80 epochs, the
-# paper's five values each), then train 10 seeds of SGD and of SAM/DAS at the tuned values on all
-# 50k images (180 epochs). FIG3_RHO / FIG3_ALPHA: the tuned values (one per run of this target;
-# read them from the sweeps' logs or optuna.db: `optuna trials --study-name ...`).
-FIG3_CONV ?= tr
-FIG3_RANK ?= 10
-FIG3_RHO ?= 0.05
-FIG3_ALPHA ?= 0.05
-FIG3_MODEL = model.conv=$(FIG3_CONV) model.rank=$(FIG3_RANK)
+# Figure 3, one command: for each model <conv><rank> of FIG3_MODELS, tune rho (SAM) and alpha
+# (DAS) over the paper's grid on the 45k/5k split (hparams_search=*_optuna, scored on the 5,000
+# validation images), read the best values back from the tuning runs (scripts/tuned_value.py),
+# and train FIG3_SEEDS seeds of SGD, SAM and DAS at them on all 50k images (180 epochs, test
+# set). Tuning runs: <root>/<experiment>_tune/<model>/<rho|alpha>/<value>; final runs:
+# <root>/<experiment>/<model>/<optimizer>/seed<k>. Finished runs are skipped, so a rerun resumes.
+# $(call fig3_grid,<experiment>,<models>,<seeds>,<root>,<tune at>,<extra overrides>): <tune at>
+# empty tunes every model; "cp=40 tr=10" tunes each decomposition at that rank only and uses its
+# values for every rank of the decomposition.
+define fig3_grid
+for m in $(2); do \
+  conv=$${m%%[0-9]*}; rank=$${m#$$conv}; at=$$rank; \
+  for t in $(5); do if [ "$${t%%=*}" = "$$conv" ]; then at=$${t#*=}; fi; done; \
+  tune=$(4)/$(1)_tune/$$conv$$at; \
+  for h in rho alpha; do \
+    $(MULTIRUN) $(6) experiment=$(1)_tune model.conv=$$conv model.rank=$$at \
+      hparams_search=$${h}_optuna hydra.sweep.dir=$$tune/$$h \
+      "hydra.sweep.subdir=\$${optimizer.$$h}" || exit 1; \
+  done; \
+  rho=$$($(PY) scripts/tuned_value.py --root $$tune/rho --key optimizer.rho) || exit 1; \
+  alpha=$$($(PY) scripts/tuned_value.py --root $$tune/alpha --key optimizer.alpha) || exit 1; \
+  for opt in "sgd" "sam optimizer.rho=$$rho" "das optimizer.alpha=$$alpha"; do \
+    $(MULTIRUN) $(6) experiment=$(1) model.conv=$$conv model.rank=$$rank optimizer=$$opt \
+      seed=$(3) hydra.sweep.dir=$(4)/$(1) \
+      'hydra.sweep.subdir=$${model.conv}$${model.rank}/$${hydra:runtime.choices.optimizer}/seed$${seed}' \
+      || exit 1; \
+  done; \
+done
+endef
+FIG3_MODELS ?= cp10 cp20 cp40 cp80 cp160 tr5 tr8 tr10 tr15 tr20
+FIG3_SEEDS ?= 0,1,2,3,4,5,6,7,8,9
 reproduce-fig3: venv
-	$(MULTIRUN) experiment=fig3_tune $(FIG3_MODEL) hparams_search=rho_optuna \
-		hydra.sweep.dir=runs/fig3_tune/$(FIG3_CONV)$(FIG3_RANK)/rho
-	$(MULTIRUN) experiment=fig3_tune $(FIG3_MODEL) hparams_search=alpha_optuna \
-		hydra.sweep.dir=runs/fig3_tune/$(FIG3_CONV)$(FIG3_RANK)/alpha
-	for opt in "sgd" "sam optimizer.rho=$(FIG3_RHO)" "das optimizer.alpha=$(FIG3_ALPHA)"; do \
-		$(MULTIRUN) experiment=fig3 $(FIG3_MODEL) optimizer=$$opt seed=0,1,2,3,4,5,6,7,8,9 \
-		hydra.sweep.dir=runs/fig3 \
-		'hydra.sweep.subdir=$${model.conv}$${model.rank}/$${hydra:runtime.choices.optimizer}/seed$${seed}' \
-		|| exit 1; done
-	$(PY) scripts/make_fig3.py --root runs/fig3
+	$(call fig3_grid,fig3,$(FIG3_MODELS),$(FIG3_SEEDS),runs,,)
+	$(PY) scripts/make_fig3.py --root runs/fig3 --out results/fig3
+
+# Figure 3 at CPU scale (2 cores, about 2.7 h): CP and TR ResNet-20 at three ranks each (about
+# 17x, 4.7x and 1.2x compression), 5k training images, 25 epochs, 2 paired seeds; rho and alpha
+# tuned once per decomposition at its middle rank (10 epochs, the paper's grid, validation
+# split); one run at a time on both cores. Runs under $(CPU_RUNS)/fig3_cpu{,_tune}/.
+FIG3_CPU_MODELS ?= cp10 cp40 cp160 tr5 tr10 tr20
+FIG3_CPU_SEEDS ?= 0,1
+reproduce-fig3-cpu: venv
+	$(call fig3_grid,fig3_cpu,$(FIG3_CPU_MODELS),$(FIG3_CPU_SEEDS),$(CPU_RUNS),cp=40 tr=10,$(ONE_AT_A_TIME))
+	for d in fig3_cpu fig3_cpu_tune; do $(PY) scripts/archive_runs.py $(CPU_RUNS)/$$d results/runs/$$d; done
+	$(PY) scripts/make_fig3.py --root $(CPU_RUNS)/fig3_cpu --tune-root $(CPU_RUNS)/fig3_cpu_tune \
+		--out results/fig3_cpu --title "Figure 3 at CPU scale: CP- and TR-ResNet-20, CIFAR-10 5k subset, 25 epochs"
 
 # Step time of dense vs TR-ResNet-20 and of SAM/DAS vs SGD, and the data pipeline, on CPU.
 bench-vision: venv

@@ -503,10 +503,10 @@ def test_every_report_template_is_rendered_with_exactly_its_placeholders():
     templates = files("tensam.reports").joinpath("templates")
     used = {}
     for path in (Path(__file__).resolve().parents[1] / "src" / "tensam").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "render"
-                    and node.args and isinstance(node.args[0], ast.Constant)):
-                used[node.args[0].value] = {k.arg for k in node.keywords}
+        for call in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(call, ast.Call) and getattr(call.func, "id", None) == "render"
+                    and call.args and isinstance(call.args[0], ast.Constant)):
+                used[call.args[0].value] = {k.arg for k in call.keywords}
     names = {t.name.removesuffix(".md") for t in templates.iterdir() if t.name.endswith(".md")}
     assert set(used) == names
     for name, fields in used.items():
@@ -514,3 +514,78 @@ def test_every_report_template_is_rendered_with_exactly_its_placeholders():
         pattern = string.Template.pattern
         placeholders = {m.group("named") or m.group("braced") for m in pattern.finditer(text)}
         assert placeholders - {None} == fields, name
+
+
+def _f3_config(method: str, seed: int, conv: str, rank: int, name: str = "fig3_cpu",
+               **optimizer) -> dict:
+    opt = node({"method": method, **optimizer, "base": {"name": "sgd", "lr": 0.1}})
+    return {"name": name, "seed": seed, "steps": 0, "epochs": 25, "optimizer": opt,
+            "task": {"_target_": "tensam.tasks.ImageClassification", "batch_size": 128,
+                     "data": {"train_split": "train45k", "subset": 5000, "eval_split": "test"}},
+            "model": {"_target_": "tensam.models.ResNet", "depth": 20, "conv": conv,
+                      "rank": rank}}
+
+
+def test_tuned_value_is_the_best_finished_run_smaller_on_ties(tmp_path, capsys):
+    from tensam.reports.tuned import main as tuned_main
+
+    scores = {0.001: 0.50, 0.005: 0.60, 0.01: 0.60, 0.05: 0.70, 0.1: 0.20}
+    for rho, acc in scores.items():
+        status = "diverged" if rho == 0.05 else "finished"  # a diverged run never wins
+        _run(tmp_path / f"{rho}", _f3_config("sam", 0, "tr", 10, "fig3_cpu_tune", rho=rho),
+             status=status, value=acc)
+    tuned_main(["--root", str(tmp_path), "--key", "optimizer.rho"])
+    out = capsys.readouterr()
+    assert out.out == "0.005\n"  # 0.005 and 0.01 tie at 0.60: the smaller value
+    assert "best of 4 finished of 5 runs" in out.err
+    _run(tmp_path / "odd", _f3_config("sam", 0, "tr", 20, "fig3_cpu_tune", rho=0.1))
+    with pytest.raises(SystemExit, match="mixes runs of different settings.*model.rank"):
+        tuned_main(["--root", str(tmp_path), "--key", "optimizer.rho"])
+
+
+def test_fig3_pairs_gains_with_sgd_by_seed_and_reports_the_tuned_values(tmp_path):
+    from tensam.reports import fig3
+
+    root, tune = tmp_path / "runs", tmp_path / "tune"
+    for conv, rank in (("cp", 10), ("tr", 5)):
+        for seed in (0, 1, 2):
+            base = 0.6 + seed / 100  # a seed effect that pairing removes
+            for method, gain, extra in (("none", 0.0, {}), ("sam", 0.01 * (1 + seed),
+                                                             {"rho": 0.05}),
+                                        ("das", -0.002, {"alpha": 0.01})):
+                _run(root / f"{conv}{rank}" / method / f"seed{seed}",
+                     _f3_config(method, seed, conv, rank, **extra), value=base + gain)
+    for rho, acc in ((0.01, 0.55), (0.05, 0.58)):
+        _run(tune / "tr5" / "rho" / f"{rho}",
+             _f3_config("sam", 0, "tr", 5, "fig3_cpu_tune", rho=rho), value=acc)
+    fig3.main(["--root", str(root), "--tune-root", str(tune), "--out", str(tmp_path / "f3")])
+    text = (tmp_path / "f3.md").read_text()
+    rows = {line.split(" | ")[0] + line.split(" | ")[1]: line.split(" | ")
+            for line in text.splitlines() if line.startswith(("| CP", "| TR"))}
+    cp = rows["| CP10"]
+    assert cp[3] == "61.00 ± 1.00" and cp[6].startswith("+2.00 [")  # SAM: +1, +2, +3 points
+    assert cp[7] == "-0.20 [-0.20, -0.20]" and cp[8] == "3 / 3 / 3 |"
+    assert "| TR | 5 | SAM | 0.05 | 58.00 | 0.01: 55.00, 0.05: 58.00 |" in text
+    assert ("SAM - SGD: mean gain positive on 2 of 2 models; the 95% interval excludes 0 on 0 "
+            "(0 above, 0 below)") in text  # gains 1, 2, 3: t-interval [-0.48, +4.48]
+    assert ("DAS - SGD: mean gain positive on 0 of 2 models; the 95% interval excludes 0 on 2 "
+            "(0 above, 2 below)") in text
+    assert (tmp_path / "f3.png").stat().st_size > 0
+
+
+def test_table3_and_table4_pair_methods_with_the_base_by_seed(tmp_path):
+    for seed, (sgd, sam) in enumerate([(0.70, 0.74), (0.72, 0.77), (0.71, 0.75)]):
+        _summary(tmp_path / "sgd" / f"seed{seed}", "none", seed, sgd, 0.98, 0.4)
+        _summary(tmp_path / "sam" / f"seed{seed}", "sam", seed, sam, 0.985, 0.8)
+    _, methods = table3.collect(table3.load_summaries(tmp_path))
+    assert table3.paired(methods) == [["SAM - SGD", "+4.33 [+2.90, +5.77]", "yes", 3]]
+
+    def runs(accs):
+        return [{"accuracy": a, "config": {"task": {"data_seed": s}}} for s, a in enumerate(accs)]
+
+    groups = {"FLoRA ADAM": {"sst2": runs([0.80, 0.82])}, "FLoRA SAM": {"sst2": runs([0.81, 0.85])},
+              "FLoRA DAS": {"sst2": runs([0.80, 0.82])}, "full fine-tuning": {"sst2": runs([0.9])}}
+    rows = table4.paired(groups)
+    assert ["sst2", "FLoRA SAM - FLoRA ADAM", "+2.00 [-10.71, +14.71]", "no", 2] in rows
+    assert ["sst2", "FLoRA DAS - FLoRA ADAM", "+0.00 [+0.00, +0.00]", "no", 2] in rows
+    assert len(rows) == 2  # full fine-tuning has no base row of its own

@@ -623,3 +623,25 @@ def test_best_evaluation_needs_no_best_pt_and_survives_a_resume(tmp_path, monkey
     no_evals = run(_cfg("experiment=blobs", "epochs=1", "eval_every=0", "keep_best=false"),
                    tmp_path / "final")
     assert not any(k.startswith("best/") for k in no_evals)
+
+
+def test_archived_run_records_carry_no_checkpoint_or_local_path_and_resume_as_finished(
+        tmp_path):
+    """scripts/archive_runs.py: the records a study commits; copied back into a run directory,
+    train.py finds the run finished (the data location is not a setting of the run)."""
+    from tensam.reports.archive import archive, without_places
+
+    cfg = _cfg("steps=10", "checkpoint_every=5")
+    first = run(cfg, tmp_path / "runs" / "a")
+    assert (tmp_path / "runs" / "a" / "checkpoint.pt").exists()
+    archive(tmp_path / "runs", tmp_path / "kept")
+    kept = tmp_path / "kept" / "a"
+    assert sorted(p.name for p in kept.iterdir()) == ["metrics.jsonl", "summary.json"]
+    summary = json.loads((kept / "summary.json").read_text())
+    assert str(tmp_path) not in json.dumps(summary)  # no path of this machine
+    assert run(cfg, kept)["steps"] == 10 == first["steps"]
+    assert sorted(p.name for p in kept.iterdir()) == ["metrics.jsonl", "summary.json"]
+    data = {"task": {"data": {"root": "/home/me/cifar.tar.gz", "cache_dir": "/tmp/c",
+                              "subset": 2000}}, "steps": [{"root": None}]}
+    assert without_places(data) == {"task": {"data": {"root": None, "cache_dir": None,
+                                                      "subset": 2000}}, "steps": [{"root": None}]}

@@ -1,13 +1,19 @@
-"""Figure 3 (accuracy gain of SAM and DAS over SGD on CP-/TR-ResNet-20, CIFAR-10) from runs.
+"""Figure 3 (SAM and DAS against SGD on CP-/TR-ResNet-20, CIFAR-10) from run directories.
 
-    python scripts/make_fig3.py --root runs/fig3       # make reproduce-fig3 (after its grids)
+    python scripts/make_fig3.py --root runs/fig3 --out results/fig3    # make reproduce-fig3
+    python scripts/make_fig3.py --root runs/vision_cpu/fig3_cpu \\
+        --tune-root runs/vision_cpu/fig3_cpu_tune --out results/fig3_cpu  # ... -fig3-cpu
 
-Every finished ``summary.json`` under ``--root`` is one run of ``experiment=fig3``; runs are
-grouped by (decomposition, rank, method). The gain of a method is paired by seed: acc(method,
-seed) - acc(SGD, seed), reported as mean ± standard error over the seeds both have (the paper's
-error bars). The paper gives Figure 3 as a plot only (no numbers), so there is no paper column;
-the ranks are our choice (``tensam.models.resnet.figure3_ranks``), labelled with the compression
-ratio of each model. Writes ``results/fig3.png`` and ``results/fig3.md``.
+Every ``summary.json`` under ``--root`` is one run; runs are grouped by (decomposition, rank,
+method) from their stored configs, and the runs of a group must share their settings but for
+the seed. Diverged runs are counted apart, never averaged. The figure has two panels per
+decomposition: test accuracy against the compression ratio (mean and 95% Student-t interval
+over seeds), and the gain over SGD paired by seed, acc(method, s) - acc(SGD, s), with the
+standard error the paper's Figure 3 draws. The table gives the paired gains with their 95%
+intervals (:mod:`tensam.stats`). With ``--tune-root``, the report also shows which rho and alpha
+the tuning runs chose (``tensam.reports.tuned``) and their validation scores. The paper gives
+Figure 3 as a plot (its text quotes no number), so its claims are quoted beside ours.
+Writes ``<out>.md`` and ``<out>.png``.
 """
 
 from __future__ import annotations
@@ -26,80 +32,194 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from tensam.logging import atomic_write_text  # noqa: E402
 from tensam.models.resnet import ResNet  # noqa: E402
-from tensam.reports.format import machine_info, markdown_table  # noqa: E402
-from tensam.reports.runs import load_summaries, method_of  # noqa: E402
+from tensam.reports.format import machine_info, markdown_table, render  # noqa: E402
+from tensam.reports.runs import (  # noqa: E402
+    Cell,
+    load_summaries,
+    method_of,
+    require_same_settings,
+)
+from tensam.reports.tuned import best_setting  # noqa: E402
+from tensam.stats import mean_interval, paired_difference  # noqa: E402
+
+METHODS = ("SGD", "SAM", "DAS")
+GAINS = ("SAM", "DAS")
+STYLE = {"SGD": ("tab:blue", "o"), "SAM": ("tab:orange", "s"), "DAS": ("tab:green", "^")}
+#: the tuned key of each method, and the hparams_search sweep that tunes it
+TUNED = {"SAM": ("optimizer.rho", "rho"), "DAS": ("optimizer.alpha", "alpha")}
 
 
-def gains(summaries: dict) -> dict:
-    """(conv, rank) -> method -> list of paired gains over SGD (percentage points)."""
-    acc = defaultdict(dict)
-    for s in summaries.values():
-        if s.get("status") == "finished":
-            cfg = s["config"]
-            key = (cfg["model"]["conv"], cfg["model"]["rank"])
-            acc[(key, method_of(cfg))][cfg["seed"]] = 100 * s["accuracy"]
-    out = defaultdict(dict)
-    for (key, method), by_seed in acc.items():
-        sgd = acc.get((key, "SGD"), {})
-        if method != "SGD":
-            out[key][method] = [by_seed[s] - sgd[s] for s in sorted(set(by_seed) & set(sgd))]
-        out[key].setdefault("SGD acc", [])
-        out[key]["SGD acc"] = list(sgd.values())
-    return out
+def model_key(config: dict) -> tuple[str, int]:
+    return config["model"]["conv"], config["model"]["rank"]
 
 
-def ratio(conv: str, rank) -> float:
+def cells(summaries: dict) -> dict[tuple, Cell]:
+    """(conv, rank, method) -> the :class:`Cell` of its runs, refusing a group whose runs differ
+    in a setting other than the seed."""
+    groups: dict[tuple, dict] = defaultdict(dict)
+    for name, s in summaries.items():
+        groups[(*model_key(s["config"]), method_of(s["config"]))][name] = s
+    for (conv, rank, method), runs in groups.items():
+        require_same_settings(runs, f"{method} on {conv.upper()} rank {rank}")
+    return {key: Cell.of(runs) for key, runs in groups.items()}
+
+
+def accuracies(cell: Cell | None) -> dict[int, float]:
+    """seed -> test accuracy (%) of the finished runs of ``cell``."""
+    if cell is None:
+        return {}
+    return {s["config"]["seed"]: 100 * s["accuracy"] for s in cell.finished.values()}
+
+
+def ratio(conv: str, rank: int) -> float:
     """Dense ResNet-20 parameters / the tensorized model's."""
     with torch.device("meta"):
         return ResNet(depth=20, conv=conv, rank=rank).compression_ratio()
 
 
-def mean_se(x: list[float]) -> tuple[float, float]:
-    x = np.asarray(x, dtype=float)
-    return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
+def standard_error(values: list[float]) -> float:
+    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
-def main() -> None:
+def rows_of(table: dict[tuple, Cell]) -> list[dict]:
+    """One row per (conv, rank): accuracies per method and the paired gains over SGD."""
+    out = []
+    for conv, rank in sorted({k[:2] for k in table}):
+        acc = {m: accuracies(table.get((conv, rank, m))) for m in METHODS}
+        row = {"conv": conv, "rank": rank, "ratio": ratio(conv, rank), "acc": acc,
+               "count": {m: table[(conv, rank, m)].count() if (conv, rank, m) in table else "0"
+                         for m in METHODS}}
+        for m in GAINS:
+            common = set(acc[m]) & set(acc["SGD"])
+            row[m] = paired_difference(acc[m], acc["SGD"]) if common else None
+            row[f"{m} gains"] = [acc[m][s] - acc["SGD"][s] for s in sorted(common)]
+        out.append(row)
+    return out
+
+
+def table_rows(rows: list[dict]) -> list[list]:
+    def acc(values: dict) -> str:
+        if not values:
+            return "-"
+        ci = mean_interval(values.values())
+        sd = np.std(list(values.values()), ddof=1) if len(values) > 1 else 0.0
+        return f"{ci.mean:.2f} ± {sd:.2f}"
+
+    return [[r["conv"].upper(), r["rank"], f"{r['ratio']:.2f}x",
+             *(acc(r["acc"][m]) for m in METHODS),
+             *(r[m].format(2) if r[m] is not None else "-" for m in GAINS),
+             " / ".join(str(r["count"][m]) for m in METHODS)] for r in rows]
+
+
+def tuning_rows(tune_root: Path) -> list[list]:
+    """For each tuned model under ``tune_root`` (``<model>/<rho|alpha>/``): the chosen rho and
+    alpha with their validation accuracy, and every grid value's."""
+    out = []
+    for model in sorted(p for p in tune_root.iterdir() if p.is_dir()):
+        for method, (key, sweep) in TUNED.items():
+            root = model / sweep
+            if not root.is_dir():
+                continue
+            value, best = best_setting(root, key)
+            conv, rank = model_key(best["config"])
+            grid = sorted((float(s["config"]["optimizer"][sweep]), 100 * s["accuracy"])
+                          for s in load_summaries(root).values() if s.get("status") == "finished")
+            out.append([conv.upper(), rank, method, value, f"{100 * best['accuracy']:.2f}",
+                        ", ".join(f"{v:g}: {a:.2f}" for v, a in grid)])
+    return out
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    convs = sorted({r["conv"] for r in rows})
+    fig, axes = plt.subplots(len(convs), 2, figsize=(11, 3.8 * len(convs)), squeeze=False)
+    for (left, right), conv in zip(axes, convs, strict=True):
+        sub = sorted((r for r in rows if r["conv"] == conv), key=lambda r: r["ratio"])
+        x = [r["ratio"] for r in sub]
+        for m in METHODS:
+            color, marker = STYLE[m]
+            stats = [mean_interval(r["acc"][m].values()) if r["acc"][m] else None for r in sub]
+            mean = [s.mean if s else np.nan for s in stats]
+            half = [(s.high - s.mean) if s and s.n > 1 else 0.0 for s in stats]
+            left.errorbar(x, mean, yerr=half, color=color, marker=marker, capsize=3, label=m)
+        left.set(xscale="log", xlabel="compression ratio (dense / tensorized parameters)",
+                 ylabel="test accuracy (%)", title=f"{conv.upper()}-ResNet-20: accuracy "
+                 "(mean, 95% t-interval)")
+        left.set_xticks(x, [f"{r['ratio']:.1f}x\n(rank {r['rank']})" for r in sub])
+        left.minorticks_off()
+        left.legend()
+        width = 0.35
+        for i, m in enumerate(GAINS):
+            gains = [r[f"{m} gains"] for r in sub]
+            right.bar(np.arange(len(sub)) + (i - 0.5) * width,
+                      [np.mean(g) if g else np.nan for g in gains], width,
+                      yerr=[standard_error(g) for g in gains], capsize=3, label=m,
+                      color=STYLE[m][0])
+        right.axhline(0, color="k", lw=0.5)
+        right.set(xticks=range(len(sub)), ylabel="gain over SGD (points)",
+                  title=f"{conv.upper()}: paired gain over SGD (mean ± s.e., as the paper)")
+        right.set_xticklabels([f"rank {r['rank']}\n({r['ratio']:.1f}x)" for r in sub])
+        right.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def verdict(rows: list[dict]) -> str:
+    """How many (model, method) gains are significant, and in which direction."""
+    parts = []
+    for m in GAINS:
+        gains = [r[m] for r in rows if r[m] is not None]
+        up = sum(g.excludes_zero and g.mean > 0 for g in gains)
+        down = sum(g.excludes_zero and g.mean < 0 for g in gains)
+        positive = sum(g.mean > 0 for g in gains)
+        parts.append(f"- {m} - SGD: mean gain positive on {positive} of {len(gains)} models; the "
+                     f"95% interval excludes 0 on {up + down} ({up} above, {down} below).")
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("runs/fig3"))
-    parser.add_argument("--out", type=Path, default=Path("results"))
-    args = parser.parse_args()
-    table = gains(load_summaries(args.root))
-    if not table:
-        raise SystemExit(f"no finished runs under {args.root}")
-    convs = sorted({c for c, _ in table})
-    fig, axes = plt.subplots(len(convs), 1, figsize=(7, 3.5 * len(convs)), squeeze=False)
-    rows = []
-    for ax, conv in zip(axes[:, 0], convs, strict=True):
-        ranks = sorted(r for c, r in table if c == conv)
-        labels = [f"{r}\n({ratio(conv, r):.1f}x)" for r in ranks]
-        for i, method in enumerate(("SAM", "DAS")):
-            stats = [mean_se(table[(conv, r)].get(method, [np.nan])) for r in ranks]
-            ax.bar(np.arange(len(ranks)) + (i - 0.5) * 0.35, [m for m, _ in stats], 0.35,
-                   yerr=[e for _, e in stats], label=method, capsize=3)
-        ax.axhline(0, color="k", lw=0.5)
-        ax.set(xticks=range(len(ranks)), xticklabels=labels, ylabel="gain over SGD (pp)",
-               title=f"{conv.upper()}-ResNet-20 (rank; compression ratio: our choice)")
-        ax.legend()
-        for r in ranks:
-            entry = table[(conv, r)]
-            sgd = np.mean(entry["SGD acc"]) if entry["SGD acc"] else float("nan")
-            rows.append([conv.upper(), r, f"{ratio(conv, r):.2f}x", f"{sgd:.2f}",
-                         *("{:+.2f} ± {:.2f} (n={})".format(*mean_se(entry[m]), len(entry[m]))
-                           if entry.get(m) else "-" for m in ("SAM", "DAS"))])
-    fig.tight_layout()
-    args.out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out / "fig3.png", dpi=130)
+    parser.add_argument("--tune-root", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=Path("results/fig3"),
+                        help="writes <out>.md and <out>.png")
+    parser.add_argument("--title", default="Figure 3: tensorized ResNet-20 on CIFAR-10")
+    args = parser.parse_args(argv)
+    summaries = load_summaries(args.root)
+    if not summaries:
+        raise SystemExit(f"tensam: no runs under {args.root}")
+    try:
+        rows = rows_of(cells(summaries))
+        tuning = tuning_rows(args.tune_root) if args.tune_root else []
+    except ValueError as err:
+        raise SystemExit(f"tensam: {err}") from None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    png = args.out.with_suffix(".png")
+    plot(rows, png, args.title)
+    first = next(iter(summaries.values()))["config"]
     machine = machine_info()
-    text = ["# Figure 3: accuracy gain over SGD, tensorized ResNet-20 on CIFAR-10", "",
-            f"Generated by `python scripts/make_fig3.py --root {args.root}` on "
-            f"{datetime.date.today()}; machine {machine['cpu']}. Gains are paired by seed, "
-            "mean ± standard error. The paper shows this figure without numbers.", "",
-            markdown_table(["decomposition", "rank", "compression", "SGD test acc. (%)",
-                            "SAM gain (pp)", "DAS gain (pp)"], rows),
-            "![Figure 3](fig3.png)"]
-    atomic_write_text(args.out / "fig3.md", "\n".join(text) + "\n")
-    print(f"wrote {args.out / 'fig3.md'} and {args.out / 'fig3.png'}")
+    seeds = sorted({s["config"]["seed"] for s in summaries.values()})
+    tune = f" --tune-root {args.tune_root}" if args.tune_root else ""
+    text = render(
+        "fig3", title=args.title, command=f"python scripts/make_fig3.py --root {args.root}"
+        f"{tune} --out {args.out}", date=datetime.date.today(),
+        machine=f"{machine['cpu']} ({machine['cpus']} CPUs), torch {machine['torch']}",
+        hours=f"{sum(s.get('seconds', 0.0) for s in summaries.values()) / 3600:.2f}",
+        runs=len(summaries), experiment=first["name"], epochs=first.get("epochs"),
+        subset=first["task"]["data"].get("subset") or "all",
+        train_split=first["task"]["data"]["train_split"], seeds=", ".join(map(str, seeds)),
+        table=markdown_table(["decomposition", "rank", "compression", "SGD acc. (%)",
+                              "SAM acc. (%)", "DAS acc. (%)", "SAM - SGD (points)",
+                              "DAS - SGD (points)", "runs SGD / SAM / DAS"], table_rows(rows)),
+        verdict=verdict(rows),
+        tuning=markdown_table(["decomposition", "rank", "method", "chosen", "val. acc. (%)",
+                               "grid (value: val. acc. %)"], tuning) if tuning else
+        "(no tuning runs given: `--tune-root`)\n",
+        figure=png.name)
+    atomic_write_text(args.out.with_suffix(".md"), text)
+    print(text)
+    print(f"wrote {args.out.with_suffix('.md')} and {png}")
 
 
 if __name__ == "__main__":

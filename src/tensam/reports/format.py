@@ -82,3 +82,24 @@ def render(name: str, **fields: Any) -> str:
     if set(fields) - used:
         raise KeyError(f"template {name}.md has no placeholder for {sorted(set(fields) - used)}")
     return template.substitute(fields)
+
+
+def paired_rows(values: Mapping[str, Mapping[Any, float]], base: str,
+                digits: int = 2) -> list[list]:
+    """``[f"{m} - {base}", mean [95% t-interval], "yes"/"no" (does it exclude 0), n]`` for every
+    method ``m`` of ``values`` (method -> seed -> value) that shares a seed with ``base``:
+    the paired differences of :func:`tensam.stats.paired_difference`."""
+    from tensam.stats import paired_difference
+
+    rows = []
+    for method, by_seed in values.items():
+        if method == base or not set(by_seed) & set(values.get(base, {})):
+            continue
+        d = paired_difference(by_seed, values[base])
+        rows.append([f"{method} - {base}", d.format(digits),
+                     "yes" if d.excludes_zero else "no", d.n])
+    return rows
+
+
+#: the header of :func:`paired_rows`
+PAIRED_HEADER = ["difference (points)", "mean [95% t-interval]", "excludes 0", "seeds"]

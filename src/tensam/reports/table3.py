@@ -19,7 +19,14 @@ import datetime
 from collections import defaultdict
 from pathlib import Path
 
-from tensam.reports.format import fmt_mean_std, markdown_table, mean_std, write_report
+from tensam.reports.format import (
+    PAIRED_HEADER,
+    fmt_mean_std,
+    markdown_table,
+    mean_std,
+    paired_rows,
+    write_report,
+)
 from tensam.reports.runs import load_summaries, method_of, optimizer_settings
 
 #: the paper's Table 3 (TT-ResNet-18 on ImageNet-1k, 5 runs): (Top-1, Top-5) means and stds (%)
@@ -89,6 +96,12 @@ def rows(single: dict, methods: dict) -> list[list]:
     return out
 
 
+def paired(methods: dict) -> list[list]:
+    """Each method's Top-1 minus SGD's, paired by seed (:func:`paired_rows`)."""
+    return paired_rows({m: {r["config"]["seed"]: 100 * r["accuracy"] for r in runs}
+                        for m, runs in methods.items()}, "SGD")
+
+
 def compression(summary: dict) -> str:
     """One line: the compressed layers' parameters before/after and reconstruction errors."""
     layers = summary.get("model_info", {}).get("compression")
@@ -128,6 +141,9 @@ def main() -> None:
             "(acc - before) / (dense - before): the share of the Top-1 accuracy lost by "
             "compression that fine-tuning won back.", "",
             markdown_table(header, rows(single, methods)),
+            "Top-1 differences paired by seed (the same compressed network, data order and "
+            "augmentations for a seed):", "",
+            markdown_table(PAIRED_HEADER, paired(methods)),
             compression(single.get("before fine-tuning", first)), "",
             f"Fine-tuning: model `{cfg['model']['_target_']}`, {cfg['epochs']} epochs, batch "
             f"{cfg['task']['batch_size']}, scheduler `{cfg['scheduler']['_target_']}`; optimizer "

@@ -26,10 +26,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from tensam.reports.format import (
+    PAIRED_HEADER,
     adapter_label,
     fmt_mean_std,
     markdown_table,
     mean_std,
+    paired_rows,
     write_report,
 )
 from tensam.reports.runs import (
@@ -100,6 +102,24 @@ def _order(name: str) -> tuple:
     return kind, METHODS.index(method) if method in METHODS else -1, head
 
 
+def paired(groups: dict) -> list[list]:
+    """Per task and adapter, each method's test accuracy minus the adapter's with Adam(W),
+    paired by data seed (:func:`paired_rows`)."""
+    out = []
+    tasks = sorted({t for g in groups.values() for t in g})
+    adapters = {name.rsplit(" ", 1)[0] for name in groups if name.rsplit(" ", 1)[-1] in METHODS}
+    for task in tasks:
+        for adapter in sorted(adapters, key=_order):
+            values = {name: {r["config"]["task"]["data_seed"]: 100 * r["accuracy"]
+                             for r in groups[name].get(task, [])}
+                      for name in groups if name.rsplit(" ", 1)[0] == adapter}
+            base = next((f"{adapter} {m}" for m in ("ADAM", "ADAMW") if f"{adapter} {m}"
+                         in values), None)
+            if base is not None:
+                out += [[task, *row] for row in paired_rows(values, base)]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, required=True)
@@ -158,7 +178,9 @@ def main() -> None:
             f"{cfg['task']['max_length']}; {checkpoint_note(best.values())}; {protocol}. The "
             f"paper's column is RoBERTa-large "
             f"(355M, a masked LM with prompts) from its Table 4: {paper}.", "",
-            markdown_table(header, body)]
+            markdown_table(header, body),
+            "Test accuracy of each method against the same adapter with the base optimizer, "
+            "paired by data seed:", "", markdown_table(["task", *PAIRED_HEADER], paired(groups))]
     write_report(args.out, text, summaries,
                  "under whatever else ran (two runs at a time, one thread each): compare "
                  "methods' costs with `make bench-peft`, which times them side by side.")
