@@ -191,9 +191,10 @@ def main() -> None:
                 batch=first["task"]["batch_size"], opt=optimizer_settings(summaries.values())),
             ""]
     write_report(args.out, text, summaries,
-                 "under whatever else the machine was running (CPU runs went two at a time, "
-                 "beside other jobs): compare methods' costs with `make bench-vision`, which "
-                 "times them side by side.")
+                 "under whatever else the machine was running (the runs' thread counts: "
+                 f"{sorted({s['config'].get('threads') for s in summaries.values()}, key=str)}"
+                 "): compare methods' costs with `make bench-vision`, which times them side "
+                 "by side.")
 
 
 if __name__ == "__main__":
