@@ -82,7 +82,8 @@ def test_the_source_tree_configs_are_the_package_configs():
     assert CONFIGS.is_relative_to(Path(__import__("tensam").__file__).parent)
     assert (ROOT / "configs").resolve() == CONFIGS.resolve()
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert 'tensam = ["configs/*.yaml", "configs/**/*.yaml"]' in pyproject
+    assert ('tensam = ["configs/*.yaml", "configs/**/*.yaml", "reports/templates/*.md"]'
+            in pyproject)  # the configs and the report templates ship in the wheel
 
 
 @pytest.mark.parametrize("experiment", [*EXPERIMENTS, None])
