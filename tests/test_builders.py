@@ -443,19 +443,27 @@ def test_table2_pairs_each_method_with_sgd_by_seed_and_reports_the_regime(tmp_pa
     assert "| 60% | SGD | 80.0 | 70.0 | 10.0 |" in text
 
 
-def test_fastpath_check_pairs_fast_with_fp32_by_seed(tmp_path, monkeypatch):
-
-    for path, shift in (("fp32", 0.0), ("fast", 0.01)):
+def test_fastpath_check_pairs_the_arms_by_seed_and_splits_precision_from_layout(
+        tmp_path, monkeypatch):
+    for arm, shift in (("fp32", 0.0), ("bf16", 0.01), ("fast", 0.02)):
         for seed in (0, 1, 2):
-            cfg = {**_t2_config("none", seed, epochs=50), "precision": path}
-            _run(tmp_path / path / f"seed{seed}", cfg, value=0.3 + seed / 10 + shift * seed,
-                 **{"best/accuracy": 0.5})
+            cfg = {**_t2_config("none", seed, epochs=50), "precision": arm}
+            _run(tmp_path / arm / f"seed{seed}", cfg, value=0.3 + seed / 10 + shift * seed,
+                 **{"best/accuracy": 0.5, "fit/memorized": 0.7 - shift})
     monkeypatch.setattr(sys, "argv", ["fastpath.py", "--root", str(tmp_path),
                                       "--out", str(tmp_path / "check.md")])
     fastpath.main()
     text = (tmp_path / "check.md").read_text()
-    assert "| final | +1.00 [-1.48, +3.48] | yes | 3 |" in text  # diffs 0, 1, 2 points
-    assert "| best | +0.00 [+0.00, +0.00] | yes | 3 |" in text
+    # per-seed differences fast - fp32: 0, 2, 4 points; bf16 - fp32 and fast - bf16: 0, 1, 2
+    assert "| fast - fp32 | the fast path | final test acc. | +2.00 [-2.97, +6.97] | yes | 3 |" \
+        in text
+    assert "| bf16 - fp32 | bf16 autocast alone | final test acc. | +1.00 [-1.48, +3.48] |" in text
+    assert "| fast - bf16 | channels_last alone | best test acc. | +0.00 [+0.00, +0.00] |" in text
+    assert "| fit/memorized | 2 | 70.00 | 69.00 | 68.00 |" in text
+    (tmp_path / "bf16").rename(tmp_path / "gone")  # the precision arm is optional
+    fastpath.main()
+    text = (tmp_path / "check.md").read_text()
+    assert "bf16 - fp32" not in text and "| fast - fp32 | the fast path | final" in text
 
 
 def test_final_state_returns_the_final_weights_and_refuses_others(tmp_path):

@@ -645,3 +645,21 @@ def test_archived_run_records_carry_no_checkpoint_or_local_path_and_resume_as_fi
                               "subset": 2000}}, "steps": [{"root": None}]}
     assert without_places(data) == {"task": {"data": {"root": None, "cache_dir": None,
                                                       "subset": 2000}}, "steps": [{"root": None}]}
+
+
+def test_committed_run_records_are_not_git_ignored():
+    """The records a study archives under results/runs/ are meant to be committed; the scratch run
+    directories under the top-level runs/ are not."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+
+    def ignored(path):
+        return subprocess.run(["git", "check-ignore", "-q", path], cwd=root).returncode == 0
+
+    assert not ignored("results/runs/noise_cpu/sgd/seed0/summary.json")
+    assert ignored("runs/vision_cpu/noise_cpu/sgd/seed0/checkpoint.pt")
