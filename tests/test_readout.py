@@ -93,21 +93,67 @@ def test_readout_keys_are_refused_with_another_head():
         HFModel(config=TINY_BERT, temperature=20.0)
 
 
-def test_a_label_cosine_run_through_train_py(tmp_path):
+def _cosine_cfg(tmp_path, *overrides):
     from hydra import compose, initialize_config_dir
 
-    from tensam.train import CONFIG_DIR, run
+    from tensam.train import CONFIG_DIR
 
     _sst2(tmp_path / "glue")
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[
+        return compose("train", overrides=[
             "experiment=glue_minilm", "model=minilm_cosine", "~model.pretrained",
             f"+model.config={TINY_BERT}".replace("'", ""), f"model.tokenizer={MINILM}",
             f"task.tokenizer={MINILM}", "model.label_descriptions=[It was terrible.,It was great.]",
-            "optimizer=das", "steps=4", "log_every=2", "eval_every=2", "task.k=8",
-            "task.max_test=24", "task.batch_size=4", "logger=disabled", "threads=1",
-            f"task.data_dir={tmp_path / 'glue'}"])
+            "task.k=8", "task.max_test=24", "task.batch_size=4", "logger=disabled",
+            "threads=1", f"task.data_dir={tmp_path / 'glue'}", *overrides])
+
+
+def test_a_label_cosine_run_through_train_py(tmp_path):
+    from tensam.train import run
+
+    cfg = _cosine_cfg(tmp_path, "optimizer=das", "steps=4", "log_every=2", "eval_every=2")
     summary = run(cfg, tmp_path / "run")
     assert summary["status"] == "finished" and 0 <= summary["accuracy"] <= 1
     q = [k for k in summary if k.startswith("norm/network.") and k.endswith("/Q")]
     assert len(q) == 4  # FLoRA on query/value of the 2 layers: the only cores
+
+
+def test_test_at_best_reports_what_scoring_test_at_every_evaluation_reports(tmp_path,
+                                                                             monkeypatch):
+    """test_at_best scores validation only during training and the test split once, on the
+    kept weights of the best evaluation: the summary equals that of scoring every split at
+    every evaluation, also when the run is killed after a checkpoint and resumed."""
+    import json
+
+    from test_training import _killed_after_checkpoint
+
+    from tensam.train import run
+
+    common = ("optimizer=adam", "optimizer.base.lr=0.05", "steps=12", "eval_every=2",
+              "checkpoint_every=6")
+    every = run(_cosine_cfg(tmp_path, *common), tmp_path / "every")
+    once = _cosine_cfg(tmp_path, *common, "test_at_best=true")
+    at_best = run(once, tmp_path / "at_best")
+    assert 2 <= every["best/step"] < 12  # the best evaluation is not the final one
+    for key in ("best/accuracy", "best/loss", "best/val_accuracy", "best/step", "accuracy",
+                "val_loss"):
+        assert at_best[key] == every[key], key
+    records = [json.loads(line) for line in
+               (tmp_path / "at_best" / "metrics.jsonl").read_text().splitlines()]
+    during = [r for r in records if "eval/val_accuracy" in r][:-1]  # the last: the final one
+    assert len(during) == 6 and not any("eval/accuracy" in r for r in during)
+    _killed_after_checkpoint(monkeypatch, once, tmp_path / "resumed", 6)
+    resumed = run(once, tmp_path / "resumed")
+    assert {k: v for k, v in resumed.items() if k.startswith("best/")} == \
+        {k: v for k, v in at_best.items() if k.startswith("best/")}
+
+
+def test_test_at_best_refuses_an_objective_scored_on_the_test_split(tmp_path):
+    from tensam.errors import ConfigError
+    from tensam.train import run
+
+    cfg = _cosine_cfg(tmp_path, "steps=2", "eval_every=1", "test_at_best=true",
+                      "objective=accuracy")
+    with pytest.raises(ConfigError, match=r"test_at_best=true scores only \['val_accuracy', "
+                       r"'val_loss'\] during training, not objective='accuracy'"):
+        run(cfg, tmp_path / "run")

@@ -22,8 +22,9 @@ from omegaconf import OmegaConf
 from tensam.errors import ConfigError
 
 #: top-level keys that do not change the trajectory of a run
-NOT_TRAJECTORY = ("logger", "log_every", "eval_every", "checkpoint_every", "keep_best", "resume",
-                  "threads", "device", "progress", "objective", "name", "baselines", "hydra")
+NOT_TRAJECTORY = ("logger", "log_every", "eval_every", "checkpoint_every", "keep_best",
+                  "test_at_best", "resume", "threads", "device", "progress", "objective", "name",
+                  "baselines", "hydra")
 #: leaf keys that say where data lives or how it is loaded, not what it is (a run moved to a
 #: machine with other paths still resumes), or how the same arithmetic is laid out in memory
 #: (``flatten``: a scaling optimizer's flat core buffer changes rounding only, as ``threads`` does)

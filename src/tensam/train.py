@@ -193,6 +193,9 @@ def run(cfg: DictConfig, run_dir: Path, progress: bool = False) -> dict:
     if key not in task.metrics and key != "train/loss":
         raise ConfigError(f"objective={key!r} is not a metric of the task; allowed: "
                           f"{sorted([*task.metrics, 'train/loss'])}")
+    if container["test_at_best"] and key not in task.selection_metrics():
+        raise ConfigError(f"test_at_best=true scores only {sorted(task.selection_metrics())} "
+                          f"during training, not objective={key!r}; select on one of them")
     steps = int(container["steps"])
     if container.get("epochs"):
         if not task.steps_per_epoch:
@@ -213,7 +216,8 @@ def run(cfg: DictConfig, run_dir: Path, progress: bool = False) -> dict:
                       precision=container["precision"],
                       grad_accumulation=container["grad_accumulation"],
                       grad_clip=container["grad_clip"], objective=key, higher_is_better=higher,
-                      keep_best=container["keep_best"], progress=progress)
+                      keep_best=container["keep_best"], test_at_best=container["test_at_best"],
+                      progress=progress)
     logger = (build(container["logger"], "logger", run_dir=run_dir, config=container,
                     resume_step=start) if rank == 0 else None)
     summary = train(Parts(task, model, optimizer, scheduler), loop,

@@ -14,7 +14,12 @@ owns what every task needs:
 * checkpoints (atomic, with RNG states and the wall time so far), the best evaluation on the
   objective (LM-BFF's / MeZO's / the HF Trainer's best checkpoint: every metric of it in the
   summary as ``best/<metric>`` with ``best/step``, its weights in ``best.pt`` with
-  ``keep_best``), and a progress line.
+  ``keep_best``), and a progress line;
+* ``test_at_best``: the evaluations during training score only what selects (the validation
+  split, :meth:`Task.selection_metrics`) and the best one's weights are kept in memory (and in
+  the checkpoints); at the end the test split is scored once on them, the HF Trainer's
+  ``load_best_model_at_end``. The summary's ``best/*`` are those of scoring every split at
+  every evaluation, at the cost of two test evaluations per run instead of one per evaluation.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class LoopConfig:
     objective: str | None = None  # evaluated metric that picks the best evaluation (best/*)
     higher_is_better: bool = True
     keep_best: bool = False
+    test_at_best: bool = False
     progress: bool = False
 
 
@@ -109,6 +115,7 @@ class State:
     best: float | None = None
     best_step: int | None = None
     best_metrics: dict | None = None  # every metric of the evaluation at best_step
+    best_weights: dict | None = None  # with test_at_best: what training changes, at best_step
 
 
 # -- checkpoints ------------------------------------------------------------------------------
@@ -128,7 +135,7 @@ def save_checkpoint(path: Path, model, optimizer, state: State, scheduler=None,
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "step": state.step, "seconds": state.seconds, "best": state.best,
                 "best_step": state.best_step, "best_metrics": state.best_metrics,
-                "rng": _rng_states(),
+                "best_weights": state.best_weights, "rng": _rng_states(),
                 "fingerprint": fingerprint, "settings": settings}, buf)
     tmp = path.with_name(f".{path.name}.tmp")
     try:  # a failed write (a full disk) leaves the old file and no temporary file behind
@@ -162,7 +169,7 @@ def restore(ckpt: dict, model, optimizer, scheduler=None) -> State:
     if isinstance(rng, dict) and "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return State(int(ckpt["step"]), float(ckpt.get("seconds", 0.0)), ckpt.get("best"),
-                 ckpt.get("best_step"), ckpt.get("best_metrics"))
+                 ckpt.get("best_step"), ckpt.get("best_metrics"), ckpt.get("best_weights"))
 
 
 # -- one step ---------------------------------------------------------------------------------
@@ -248,12 +255,39 @@ def _take(batches: Iterator, n: int) -> list:
     return [next(batches) for _ in range(n)]
 
 
-def _evaluate(task: Task, model) -> dict[str, float]:
+def _evaluate(task: Task, model, test: bool = True) -> dict[str, float]:
     model.eval()
     with torch.no_grad():
-        metrics = task.evaluate(model)
+        metrics = task.evaluate(model, test)
     model.train()
     return metrics
+
+
+def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of what training can change: the trainable parameters and the buffers (a frozen
+    base model is left out, so an adapter's snapshot is the adapter's size)."""
+    model = unwrap(model)
+    return {name: t.detach().clone() for name, t in [
+        *((n, p) for n, p in model.named_parameters() if p.requires_grad),
+        *model.named_buffers()]}
+
+
+@contextmanager
+def trained_state_set_to(model: nn.Module, weights: dict[str, torch.Tensor]):
+    """``model`` with :func:`trained_state` ``weights`` copied in, its own restored on exit."""
+    tensors = dict(unwrap(model).named_parameters()) | dict(unwrap(model).named_buffers())
+    own = trained_state(model)
+
+    def load(source):
+        with torch.no_grad():
+            for name, value in source.items():
+                tensors[name].copy_(value)
+
+    load(weights)
+    try:
+        yield model
+    finally:
+        load(own)
 
 
 def train(parts: Parts, loop: LoopConfig, out: Output, state: State | None = None) -> dict:
@@ -304,11 +338,13 @@ def train(parts: Parts, loop: LoopConfig, out: Output, state: State | None = Non
         if logging_now:
             record["train/loss"] = loss.item()
         if evaluating:
-            metrics = _evaluate(task, model)
+            metrics = _evaluate(task, model, test=not loop.test_at_best)
             record.update({f"eval/{k}": v for k, v in metrics.items()})
             if _improves(metrics.get(loop.objective), state, loop):  # strictly: ties keep the first
                 state.best, state.best_step = metrics[loop.objective], done
                 state.best_metrics = dict(metrics)
+                if loop.test_at_best:
+                    state.best_weights = trained_state(model)
                 if loop.keep_best:
                     state.step = done
                     checkpoint(run_dir / "best.pt")
@@ -363,6 +399,14 @@ def _finish(task: Task, model, index: CoreIndex, batches, state: State, logger,
     summary = {"status": "finished", **final, "train/loss": final_loss, **q_final,
                "steps": state.step, "seconds": state.seconds,
                "seconds_per_step": state.seconds / max(state.step, 1)}
+    if loop.test_at_best and state.best_weights is not None:
+        with trained_state_set_to(model, state.best_weights):
+            state.best_metrics = _evaluate(task, model)
+        if not math.isclose(state.best_metrics[loop.objective], state.best, rel_tol=1e-5,
+                            abs_tol=1e-7):  # evaluating the same weights must agree
+            raise RuntimeError(f"{loop.objective} of the kept best weights (step "
+                               f"{state.best_step}) is {state.best_metrics[loop.objective]}, "
+                               f"not the {state.best} it was selected with")
     if loop.keep_best or state.best_step is not None:
         # the evaluation with the best objective (every eval_every steps, strictly better),
         # all of its metrics: the test score of the checkpoint selected on validation

@@ -76,7 +76,7 @@ class DeepCPRegression(Task):
         return F.mse_loss(model(x), y)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, test: bool = True) -> dict[str, float]:
         return {"loss": self.loss(model, self.batch(0)).item()}
 
 

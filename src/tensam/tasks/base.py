@@ -92,8 +92,16 @@ class Task(ABC):
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor: ...
 
     @abstractmethod
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
-        """The metrics of ``model`` (called in eval mode, without gradients)."""
+    def evaluate(self, model: nn.Module, test: bool = True) -> dict[str, float]:
+        """The metrics of ``model`` (called in eval mode, without gradients). ``test=False``
+        scores only :meth:`selection_metrics` (the loop's ``test_at_best``); a task with one
+        evaluation split scores it either way."""
+
+    @classmethod
+    def selection_metrics(cls) -> set[str]:
+        """The metrics :meth:`evaluate` returns with ``test=False``: those of a validation split
+        held apart from the test split (``val_*``), else all of them."""
+        return {m for m in cls.metrics if m.startswith("val_")} or set(cls.metrics)
 
     def info(self) -> dict[str, Any]:
         """Facts about the data this run used, for its summary (split sizes, measured label

@@ -468,13 +468,13 @@ class CausalLMTask(Task):
             nll, tokens = nll - float(total.sum()), tokens + int(count.sum())
         return nll / max(tokens, 1)
 
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, test: bool = True) -> dict[str, float]:
         """Accuracy, F1 (and EM) and ``loss``, the training loss on the split (MeZO's and
         LoRETTA's ``eval_loss``, on which LoRETTA keeps its best checkpoint): the cross-entropy
         of the option scores, or for COPA, ReCoRD, SQuAD and DROP the LM loss of the gold
         continuations."""
         metrics = {}
-        for split, prefix in (("val", "val_"), ("test", "")):
+        for split, prefix in (("val", "val_"), ("test", ""))[:2 if test else 1]:
             prompts = self.prompts[split]
             if self.spec.lm_loss:
                 metrics[f"{prefix}loss"] = self.lm_loss(model, prompts)

@@ -108,7 +108,7 @@ class Classification(Task):
         for batch in self._loader(self.data.eval, batch_size=self.eval_batch_size):
             yield self._to_device(batch)
 
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, test: bool = True) -> dict[str, float]:
         """Top-1 (``accuracy``) and top-5 (``top5``; top-C below 5 classes) accuracy and the
         mean cross-entropy over the evaluation set."""
         correct, top5, total, loss = 0, 0, 0, 0.0

@@ -111,7 +111,7 @@ class TuckerCompletion(Task):
         }
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, test: bool = True) -> dict[str, float]:
         return self.scores(model())
 
     def baselines(self, model: nn.Module) -> dict[str, dict[str, float]]:

@@ -107,7 +107,7 @@ class Tucker2Denoise(Task):
         return (pred - observed).square().sum()
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, test: bool = True) -> dict[str, float]:
         """Relative error to the clean target and the full-batch loss on the fixed draw Y."""
         pred = model()
         return {

@@ -390,9 +390,9 @@ class GlueFewShot(Task):
     def loss(self, model: nn.Module, batch: Tensors) -> torch.Tensor:
         return F.cross_entropy(self.logits(model, batch), batch["labels"])
 
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, test: bool = True) -> dict[str, float]:
         metrics = {}
-        for split, prefix in (("val", "val_"), ("test", "")):
+        for split, prefix in (("val", "val_"), ("test", ""))[:2 if test else 1]:
             correct, loss, total = 0, 0.0, 0
             for batch in self.split_batches(split):
                 logits = self.logits(model, batch)

@@ -102,8 +102,8 @@ class ImageClassification(Classification):
                         self.eval_y.split(self.eval_batch_size), strict=True):
             yield normalize(x, self.mean, self.std), y
 
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
-        out = super().evaluate(model)
+    def evaluate(self, model: nn.Module, test: bool = True) -> dict[str, float]:
+        out = super().evaluate(model, test)
         return {**out, **self.fit(model)} if self.fit_metrics else out
 
     def fit(self, model: nn.Module) -> dict[str, float]:
