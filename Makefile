@@ -12,7 +12,7 @@ export WANDB_MODE ?= offline
 	reproduce-table2 reproduce-fig3 reproduce-fig3-cpu bench-vision gpu-check reproduce-drift-cpu \
 	reproduce-table4-cpu reproduce-table3-cpu reproduce-table3 bench-peft \
 	reproduce-table5-cpu reproduce-table4 reproduce-table5 reproduce-table5-ft reproduce-table6 \
-	reproduce-fastpath-check
+	reproduce-fastpath-check reproduce-adapters-cpu
 
 venv: $(STAMP)
 
@@ -259,6 +259,53 @@ reproduce-table4-cpu: setup
 	$(GLUE_CPU) model/adapter=lora $(GLUE_ADAPTED)
 	$(GLUE_CPU) model=minilm_full optimizer.base.lr=5e-5 'hydra.sweep.subdir=$${task.name}/none/$(GLUE_RUN)'
 	$(PY) scripts/make_table4.py --root runs/table4_cpu --out results/table4_cpu.md
+
+# Tables 4-5's claim at CPU scale, powered (experiments/adapters/README.md): MiniLM read out by the
+# cosine to frozen label descriptions, so only the adapter cores train; few-shot SST-2 at k = 16
+# and 64, 10 data seeds, FLoRA and LoRETTA_rep (reference initialisation) with Adam, SAM (rho grid)
+# and DAS (alpha grid) over Adam (lr 1e-3), 100 steps; per data seed the grid point with the best
+# validation accuracy is kept. Two runs at a time, one thread each; the seeds run in chunks so
+# that an interruption leaves whole paired seeds. LoRETTA_rep with its zero initialisation (dW = 0)
+# for the norm dynamics (k = 16, 3 seeds). A finished run is skipped, so rerunning resumes.
+# Runs: $(ADAPTER_RUNS)/study/<adapter>/k<k>/<adam|sam/rho<r>|das/alpha<a>>/seed<s>,
+# .../study/zero_shot/k<k>/seed<s> and $(ADAPTER_RUNS)/zero_init/...
+# -> results/adapters_cpu.md, results/adapters_normdyn.{md,png}.
+ADAPTER_RUNS ?= runs/adapters_cpu
+ADAPTER_SEED_CHUNKS ?= 13,21 42,87 100,1 2,3 4,5
+ADAPTER_KS ?= 16,64
+ADAPTER_RHO ?= 0.01,0.1
+ADAPTER_ALPHA ?= 0.1,0.5
+NORMDYN_RHO ?= 0.1
+NORMDYN_ALPHA ?= 0.5
+ADAPTER_CELL = $${hydra:runtime.choices.model/adapter}/k$${task.k}
+comma := ,
+empty :=
+space := $(empty) $(empty)
+# $(call adapter_grid,<root>,<ks>,<seeds>,<adapters>,<extra overrides>,<rhos>,<alphas>): Adam, SAM
+# over the rho grid, DAS over the alpha grid (one shell command)
+define adapter_grid
+$(MULTIRUN) experiment=adapters_cpu task.k=$(2) task.data_seed=$(3) hydra.sweep.dir=$(1) \
+	model/adapter=$(4) $(5) 'hydra.sweep.subdir=$(ADAPTER_CELL)/adam/seed$${task.data_seed}' && \
+$(MULTIRUN) experiment=adapters_cpu task.k=$(2) task.data_seed=$(3) hydra.sweep.dir=$(1) \
+	model/adapter=$(4) $(5) optimizer=sam optimizer.rho=$(6) \
+	'hydra.sweep.subdir=$(ADAPTER_CELL)/sam/rho$${optimizer.rho}/seed$${task.data_seed}' && \
+$(MULTIRUN) experiment=adapters_cpu task.k=$(2) task.data_seed=$(3) hydra.sweep.dir=$(1) \
+	model/adapter=$(4) $(5) optimizer=das optimizer.alpha=$(7) \
+	'hydra.sweep.subdir=$(ADAPTER_CELL)/das/alpha$${optimizer.alpha}/seed$${task.data_seed}'
+endef
+reproduce-adapters-cpu: setup
+	$(MULTIRUN) experiment=adapters_cpu steps=0 task.k=$(ADAPTER_KS) \
+		task.data_seed=$(subst $(space),$(comma),$(strip $(ADAPTER_SEED_CHUNKS))) \
+		hydra.sweep.dir=$(ADAPTER_RUNS)/study 'hydra.sweep.subdir=zero_shot/k$${task.k}/seed$${task.data_seed}'
+	for seeds in $(ADAPTER_SEED_CHUNKS); do \
+		$(call adapter_grid,$(ADAPTER_RUNS)/study,$(ADAPTER_KS),$$seeds,flora$(comma)loretta_rep,,$(ADAPTER_RHO),$(ADAPTER_ALPHA)) \
+		|| exit 1; done
+	$(call adapter_grid,$(ADAPTER_RUNS)/zero_init,16,13$(comma)21$(comma)42,loretta_rep,model.adapter.init=zero,$(NORMDYN_RHO),$(NORMDYN_ALPHA))
+	$(PY) scripts/archive_runs.py $(ADAPTER_RUNS) results/runs/adapters_cpu
+	$(PY) scripts/make_table4.py --root $(ADAPTER_RUNS)/study --out results/adapters_cpu.md \
+		--title "Tables 4-5's claim at CPU scale: tensor adapters on all-MiniLM-L6-v2 with a cosine readout, few-shot SST-2"
+	$(PY) scripts/make_normdyn_adapters.py --root $(ADAPTER_RUNS)/study --root $(ADAPTER_RUNS)/zero_init \
+		--k 16 --rho $(NORMDYN_RHO) --alpha $(NORMDYN_ALPHA) --out results/adapters_normdyn
 
 # Table 5's causal-LM path at CPU scale: a 2-layer random OPT with LoRETTA_rep on the SuperGLUE
 # files at hand ($$TENSAM_SUPERGLUE), AdamW / SAM / DAS and zero-shot; it tests code, not accuracy

@@ -597,3 +597,47 @@ def test_table3_and_table4_pair_methods_with_the_base_by_seed(tmp_path):
     assert ["sst2", "FLoRA SAM - FLoRA ADAM", "+2.00 [-10.71, +14.71]", "no", 2] in rows
     assert ["sst2", "FLoRA DAS - FLoRA ADAM", "+0.00 [+0.00, +0.00]", "no", 2] in rows
     assert len(rows) == 2  # full fine-tuning has no base row of its own
+
+
+def test_table4_labels_tasks_with_k_only_where_the_runs_hold_several():
+    config = {"task": {"name": "sst2", "k": 16}}
+    assert table4.task_label(config, {16}) == "sst2"
+    assert table4.task_label(config, {16, 64}) == "sst2 k=16"
+
+
+def _normdyn_run(path: Path, method: dict, seed: int, qs: list[float], covs: list[float],
+                 k: int = 16, init: str = "reference") -> None:
+    path.mkdir(parents=True)
+    config = {"steps": 10 * (len(qs) - 1), "optimizer": node(method),
+              "model": {"adapter": {"_target_": "tensam.adapters.FLoRALinear", "init": init}},
+              "task": {"name": "sst2", "k": k, "data_seed": seed}}
+    path.joinpath("summary.json").write_text(json.dumps({"status": "finished",
+                                                         "config": config}))
+    path.joinpath("metrics.jsonl").write_text("".join(
+        json.dumps({"step": 10 * i, "norm/Q": q, "norm/cov": c, "norm/a/Q": q, "norm/a/cov": c})
+        + "\n" for i, (q, c) in enumerate(zip(qs, covs, strict=True))))
+
+
+def test_normdyn_adapters_pairs_q_ratios_by_seed_and_keeps_the_chosen_settings(tmp_path):
+    from tensam.reports import normdyn_adapters
+
+    adam = {"base": {"name": "adam"}}
+    sam = {"method": "sam", "rho": 0.1, "base": {"name": "adam"}}
+    for seed, (a, s) in enumerate([(0.9, 0.8), (1.0, 0.8)]):
+        _normdyn_run(tmp_path / "adam" / str(seed), adam, seed, [10.0, 10 * a], [-1.0, 1.0])
+        _normdyn_run(tmp_path / "sam" / str(seed), sam, seed, [10.0, 10 * s], [-1.0, -1.0])
+    # left out: another rho, another k, and a zero-shot run (no step)
+    _normdyn_run(tmp_path / "sam_other", {**sam, "rho": 0.01}, 0, [10.0, 1.0], [0.0, 0.0])
+    _normdyn_run(tmp_path / "k64", adam, 0, [10.0, 1.0], [0.0, 0.0], k=64)
+    _normdyn_run(tmp_path / "zero_shot", adam, 0, [10.0], [0.0])
+    panels = normdyn_adapters.load([tmp_path], k=16, rho=0.1, alpha=0.5)
+    assert list(panels) == [("FLoRA", "reference")]
+    assert {m: sorted(v) for m, v in panels[("FLoRA", "reference")].items()} == {
+        "ADAM": [0, 1], "SAM": [0, 1]}
+    rows = {r[2]: r for r in normdyn_adapters.rows(panels)}
+    assert rows["ADAM"][3:7] == [2, "10", "0.9500 ± 0.0707", "-"]
+    assert rows["SAM"][5] == "0.8000 ± 0.0000"
+    assert rows["SAM"][6] == "-0.1500 [-0.7853, +0.4853]"  # differences -0.1, -0.2; t(1) 12.706
+    assert rows["ADAM"][7] == "0.500" and rows["SAM"][7] == "1.000"  # share of Cov_l < 0
+    normdyn_adapters.plot(panels, tmp_path / "f.png", "T")
+    assert (tmp_path / "f.png").stat().st_size > 0

@@ -180,6 +180,7 @@ def main() -> None:
     times, memory = measure(args, device)
     machine = bench_machine("bench_peft.py", args.threads, load, device)
     name = "bench_peft" if args.model == "minilm" else f"bench_peft_{args.model}"
+    name += "_bf16" if args.precision == "bf16" else ""  # the fp32 file keeps the targets
     write_bench(name, args.out, device, report(times, memory, args, machine),
                 {"machine": machine, "times_s": times, "memory": memory})
 

@@ -8,8 +8,9 @@ Every finished ``summary.json`` under ``--root`` is one run, scored at its best 
 validation as LM-BFF and MeZO score a run (the evaluation every ``eval_every`` steps with the
 best validation accuracy, the summary's ``best/*``; ``--checkpoint last``, or a run without
 evaluations during training: its final evaluation); runs are grouped by (adapter, method)
-and GLUE task; per data seed the run with the best validation accuracy is kept (a grid of
-learning rates and rho / alpha, or one setting), and the table reports mean ± sample std over
+and GLUE task (and k, where the runs hold several); per data seed the run with the best
+validation accuracy is kept (a grid of learning rates and rho / alpha, or one setting; a tie goes
+to the first run in path order), and the table reports mean ± sample std over
 data seeds of its test accuracy (the GLUE dev set, at most 1,000 examples), with the validation
 accuracy, the trainable parameters and the wall time per step. Runs without a training step
 (``steps=0``) are the zero-shot row. Nothing is read but the summaries.
@@ -79,6 +80,13 @@ def row_name(config: dict) -> str:
     return f"{name} {method}"
 
 
+def task_label(config: dict, ks: set[int]) -> str:
+    """The table's column for a run: its GLUE task, with its k where ``ks`` (the k of every run
+    read) holds several, e.g. ``sst2 k=16``."""
+    task = config["task"]
+    return task["name"] if len(ks) == 1 else f"{task['name']} k={task['k']}"
+
+
 @functools.cache
 def _trainable(model_json: str, num_labels: int) -> int:
     """Trainable parameters of a run's model, rebuilt from its config (older summaries lack
@@ -124,21 +132,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path("results/table4.md"))
+    parser.add_argument("--title", default=None, help="the report's heading (default: the "
+                        "model and 'few-shot GLUE')")
     parser.add_argument("--checkpoint", choices=CHECKPOINTS, default="best",
                         help="score each run at its best evaluation on validation (LM-BFF / "
                         "MeZO) or at its last")
     args = parser.parse_args()
     summaries = load_summaries(args.root)
     groups = defaultdict(lambda: defaultdict(list))
+    ks = {s["config"]["task"]["k"] for s in summaries.values()}
     best = best_on_validation(summaries.values(), lambda s: (
-        row_name(s["config"]), s["config"]["task"]["name"], s["config"]["task"]["data_seed"]),
+        row_name(s["config"]), task_label(s["config"], ks), s["config"]["task"]["data_seed"]),
         lambda s: "val_accuracy", args.checkpoint)
     for (name, task, _), s in best.items():
         groups[name][task].append(s)
     if not groups:
         raise SystemExit(f"no finished runs under {args.root}")
-    tasks = sorted({t for g in groups.values() for t in g},
-                   key=lambda t: (TASKS.index(t) if t in TASKS else 9, t))
+    tasks = sorted({t for g in groups.values() for t in g}, key=lambda t: (
+        TASKS.index(t.split()[0]) if t.split()[0] in TASKS else 9, len(t), t))
     header = ["", "trainable params"]
     for t in tasks:
         header += [f"ours: {t} test acc. (%)", f"ours: {t} val acc.", f"paper: {t}",
@@ -154,30 +165,35 @@ def main() -> None:
                 continue
             test = mean_std([100 * r["accuracy"] for r in runs])
             val = mean_std([100 * r["val_accuracy"] for r in runs])
-            paper = PAPER.get(name, {}).get(t)
+            paper = PAPER.get(name, {}).get(t.split()[0])
             row += [fmt_mean_std(*test, digits=2), fmt_mean_std(*val, digits=2),
                     fmt_mean_std(*paper, digits=2) if paper else "-",
                     f"{mean_std([r['seconds_per_step'] for r in runs])[0]:.3f}",
                     ", ".join(str(r["config"]["task"]["data_seed"]) for r in runs)]
         body.append(row)
-    cfg = next(iter(summaries.values()))["config"]
+    configs = [s["config"] for s in summaries.values()]
+    cfg = next((c for c in configs if c["steps"] or c.get("epochs")), configs[0])  # a trained
+    # run's, where there is one: a zero-shot run has no steps
     searched = len([s for s in summaries.values() if s.get("status") == "finished"]) > len(best)
     protocol = (f"the configuration with the best validation accuracy of each data seed's grid "
-                f"({len(summaries)} runs for {len(best)} cells)" if searched else
+                f"({len(summaries)} runs for {len(best)} cells; a tie goes to the first run in "
+                f"path order)" if searched else
                 f"one setting per method (no search): {optimizer_settings(summaries.values())}")
     paper = ("the paper's own setting" if "roberta-large" in str(cfg["model"].get("pretrained"))
              else "a different, much larger model, shown for the order of the methods, not for "
              "the level")
-    text = [f"# Table 4's comparison: {cfg['model'].get('pretrained')} on few-shot GLUE", "",
+    title = args.title or f"Table 4's comparison: {cfg['model'].get('pretrained')} on few-shot GLUE"
+    text = [f"# {title}", "",
             f"Generated by `python scripts/make_table4.py --root {args.root} --checkpoint "
-            f"{args.checkpoint}` on "
+            f"{args.checkpoint}{f' --title {title!r}' if args.title else ''}` on "
             f"{datetime.date.today()} from {len(summaries)} run summaries. Ours: mean ± sample "
             f"std over data seeds of the accuracy on the GLUE dev set (test); k = "
-            f"{cfg['task']['k']} examples per class for training and k for validation, "
+            f"{'/'.join(map(str, sorted(ks)))} examples per class for training and k for "
+            f"validation, "
             f"{cfg['steps']} steps of batch {cfg['task']['batch_size']}, max length "
             f"{cfg['task']['max_length']}; {checkpoint_note(best.values())}; {protocol}. The "
             f"paper's column is RoBERTa-large "
-            f"(355M, a masked LM with prompts) from its Table 4: {paper}.", "",
+            f"(355M, a masked LM with prompts, k = 512) from its Table 4: {paper}.", "",
             markdown_table(header, body),
             "Test accuracy of each method against the same adapter with the base optimizer, "
             "paired by data seed:", "", markdown_table(["task", *PAIRED_HEADER], paired(groups))]
