@@ -112,8 +112,9 @@ SEED ?= 0
 NOISE_SEEDS ?= 0,1,2
 ONE_AT_A_TIME = hydra.launcher.n_jobs=1
 # where the CPU-scale studies write their runs (git-ignored). Each target then copies the runs'
-# records, without checkpoints, into results/runs/ (scripts/archive_runs.py): the tables can be
-# rebuilt from a clone, and copying them back into CPU_RUNS resumes a study elsewhere.
+# records, without checkpoints, into results/runs/ (scripts/archive_runs.py) and builds its tables
+# from those records, so a clone rebuilds them with the same command; copying the records back
+# into CPU_RUNS resumes a study elsewhere.
 CPU_RUNS ?= runs/vision_cpu
 NOISE_DIR = hydra.sweep.dir=$(CPU_RUNS)
 reproduce-noise-cpu: venv
@@ -122,7 +123,7 @@ reproduce-noise-cpu: venv
 	$(MULTIRUN) $(ONE_AT_A_TIME) experiment=noise_cpu optimizer=das optimizer.normalization=layer \
 		seed=$(NOISE_SEEDS) $(NOISE_DIR) 'hydra.sweep.subdir=$${name}/das_layer/seed$${seed}'
 	$(PY) scripts/archive_runs.py $(CPU_RUNS)/noise_cpu results/runs/noise_cpu
-	$(PY) scripts/make_table2.py --root $(CPU_RUNS)/noise_cpu --out results/noise_cpu.md \
+	$(PY) scripts/make_table2.py --root results/runs/noise_cpu --out results/noise_cpu.md \
 		--title "Label noise at CPU scale, memorization regime: TR-ResNet-20 (rank 10), CIFAR-10 2k subset, 60% noise, 150 epochs"
 
 # Does the fast CPU path change the science? SGD on noise_cpu for 50 epochs, 3 paired seeds, one
@@ -136,7 +137,7 @@ reproduce-fastpath-check: venv
 	$(FASTPATH) 'hydra.sweep.subdir=fast/seed$${seed}'
 	$(FASTPATH) model.channels_last=false 'hydra.sweep.subdir=bf16/seed$${seed}'
 	$(PY) scripts/archive_runs.py $(CPU_RUNS)/fastpath results/runs/fastpath
-	$(PY) scripts/make_fastpath_check.py --root $(CPU_RUNS)/fastpath --out results/fastpath_check.md
+	$(PY) scripts/make_fastpath_check.py --root results/runs/fastpath --out results/fastpath_check.md
 
 reproduce-normdyn-cpu: venv
 	$(MULTIRUN) experiment=normdyn_cpu optimizer=sam,sgd,das seed=$(SEED) \
@@ -202,7 +203,7 @@ FIG3_CPU_SEEDS ?= 0,1
 reproduce-fig3-cpu: venv
 	$(call fig3_grid,fig3_cpu,$(FIG3_CPU_MODELS),$(FIG3_CPU_SEEDS),$(CPU_RUNS),cp=40 tr=10,$(ONE_AT_A_TIME))
 	for d in fig3_cpu fig3_cpu_tune; do $(PY) scripts/archive_runs.py $(CPU_RUNS)/$$d results/runs/$$d; done
-	$(PY) scripts/make_fig3.py --root $(CPU_RUNS)/fig3_cpu --tune-root $(CPU_RUNS)/fig3_cpu_tune \
+	$(PY) scripts/make_fig3.py --root results/runs/fig3_cpu --tune-root results/runs/fig3_cpu_tune \
 		--out results/fig3_cpu --title "Figure 3 at CPU scale: CP- and TR-ResNet-20, CIFAR-10 5k subset, 25 epochs"
 
 # Step time of dense vs TR-ResNet-20 and of SAM/DAS vs SGD, and the data pipeline, on CPU.
@@ -302,9 +303,10 @@ reproduce-adapters-cpu: setup
 		|| exit 1; done
 	$(call adapter_grid,$(ADAPTER_RUNS)/zero_init,16,13$(comma)21$(comma)42,loretta_rep,model.adapter.init=zero,$(NORMDYN_RHO),$(NORMDYN_ALPHA))
 	$(PY) scripts/archive_runs.py $(ADAPTER_RUNS) results/runs/adapters_cpu
-	$(PY) scripts/make_table4.py --root $(ADAPTER_RUNS)/study --out results/adapters_cpu.md \
+	$(PY) scripts/make_table4.py --root results/runs/adapters_cpu/study --out results/adapters_cpu.md \
 		--title "Tables 4-5's claim at CPU scale: tensor adapters on all-MiniLM-L6-v2 with a cosine readout, few-shot SST-2"
-	$(PY) scripts/make_normdyn_adapters.py --root $(ADAPTER_RUNS)/study --root $(ADAPTER_RUNS)/zero_init \
+	$(PY) scripts/make_normdyn_adapters.py --root results/runs/adapters_cpu/study \
+		--root results/runs/adapters_cpu/zero_init \
 		--k 16 --rho $(NORMDYN_RHO) --alpha $(NORMDYN_ALPHA) --out results/adapters_normdyn
 
 # Table 5's causal-LM path at CPU scale: a 2-layer random OPT with LoRETTA_rep on the SuperGLUE
