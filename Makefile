@@ -278,6 +278,8 @@ ADAPTER_RHO ?= 0.01,0.1
 ADAPTER_ALPHA ?= 0.1,0.5
 NORMDYN_RHO ?= 0.1
 NORMDYN_ALPHA ?= 0.5
+# DAS's lambda_k next to Adam's step, per core, after 20 steps (results/adapters_das_scale.md)
+DAS_SCALE = experiment=adapters_cpu task.data_seed=13 optimizer=das optimizer.alpha=$(NORMDYN_ALPHA)
 ADAPTER_CELL = $${hydra:runtime.choices.model/adapter}/k$${task.k}
 comma := ,
 empty :=
@@ -308,6 +310,10 @@ reproduce-adapters-cpu: setup
 	$(PY) scripts/make_normdyn_adapters.py --root results/runs/adapters_cpu/study \
 		--root results/runs/adapters_cpu/zero_init \
 		--k 16 --rho $(NORMDYN_RHO) --alpha $(NORMDYN_ALPHA) --out results/adapters_normdyn
+	$(PY) scripts/das_scale.py --out results/adapters_das_scale.md \
+		--case FLoRA "$(DAS_SCALE) model/adapter=flora" \
+		--case LoRETTA_rep "$(DAS_SCALE) model/adapter=loretta_rep" \
+		--case "LoRETTA_rep, zero init" "$(DAS_SCALE) model/adapter=loretta_rep model.adapter.init=zero"
 
 # Table 5's causal-LM path at CPU scale: a 2-layer random OPT with LoRETTA_rep on the SuperGLUE
 # files at hand ($$TENSAM_SUPERGLUE), AdamW / SAM / DAS and zero-shot; it tests code, not accuracy

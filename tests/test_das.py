@@ -257,3 +257,32 @@ def test_das_changes_the_iterates_on_covid_heldout():
             assert lam.max() < 1e-4 and lam.max() > 1e-8
     changed = [int((a != b).sum()) for a, b in zip(final["none"], final["das"], strict=True)]
     assert all(c > 0 for c in changed), changed
+
+
+def test_scale_probe_measures_lambda_and_the_whole_step():
+    """tensam.analysis.das_scale: |lambda_k| of Algorithm 2 and ||dG_k|| / ||G_k|| of the step
+    G_k <- (1 + lambda_k) G_k - eta g_k, per core; a zero core has an infinite relative step."""
+    from types import SimpleNamespace
+
+    from tensam.analysis.das_scale import step_sizes
+
+    model = TwoTucker(seed=3)
+    with torch.no_grad():
+        model.b.factors[1].zero_()
+    das = DAS(_two_lr_sgd(model), core_groups(model), alpha=0.05)
+    cores = [c.detach().clone() for c in das.index.cores]
+    backward(model)
+    grads = [c.grad.clone() for c in das.index.cores]
+    lam = _hand_lambdas(model, 0.05, "global", lrs=[0.1, 0.03])
+    lrs = [0.1] * 3 + [0.03] * 4
+    task = SimpleNamespace(loss=lambda m, batch: m())
+    got_lam, got_step = step_sizes(task, model, das, None)
+    torch.testing.assert_close(got_lam, lam.abs(), **LAM)
+    step = torch.stack([((1 + lk) * c - eta * g).sub(c).norm() / c.norm()
+                        for lk, c, g, eta in zip(lam, cores, grads, lrs, strict=True)])
+    finite = torch.isfinite(step)
+    assert finite.tolist() == [True] * 5 + [False, True]  # b's second factor is zero
+    torch.testing.assert_close(got_step[finite], step[finite], rtol=1e-10, atol=0)
+    assert torch.isinf(got_step[~finite]).all()
+    with pytest.raises(TypeError, match="DAS"):
+        step_sizes(task, model, torch.optim.SGD(model.parameters(), lr=0.1), None)
