@@ -59,10 +59,13 @@ BY_OPTIMIZER = 'hydra.sweep.subdir=$${task.protocol}/$${hydra:runtime.choices.op
 HOOI      = 'hydra.sweep.subdir=$${task.protocol}/hooi/seed$${seed}' optimizer=none steps=0 \
 	baselines=true
 
+# Each stage's wall time goes to runs/table1/stages.jsonl (tensam.reports.stages), which
+# make_table1 prints in results/table1.md.
+STAGE = $(PY) -m tensam.reports.stages --log runs/table1/stages.jsonl --stage
 reproduce-table1: venv
-	$(TABLE1) $(BY_OPTIMIZER) optimizer=sam,das,none seed=0,1,2
-	$(TABLE1) $(HOOI) seed=0,1,2
-	$(PY) scripts/table1_diagnostics.py --root runs/table1
+	$(STAGE) training -- $(TABLE1) $(BY_OPTIMIZER) optimizer=sam,das,none seed=0,1,2
+	$(STAGE) hooi -- $(TABLE1) $(HOOI) seed=0,1,2
+	$(STAGE) diagnostics -- $(PY) scripts/table1_diagnostics.py --root runs/table1
 	$(PY) scripts/make_table1.py --root runs/table1
 
 # Figure 1: SGD, SAM, DAS x noise level x batching on Tucker-2 denoising, Q and Cov every step.

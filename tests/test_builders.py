@@ -2,6 +2,7 @@
 print are the means, standard deviations and ratios of what the runs recorded."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -641,3 +642,41 @@ def test_normdyn_adapters_pairs_q_ratios_by_seed_and_keeps_the_chosen_settings(t
     assert rows["ADAM"][7] == "0.500" and rows["SAM"][7] == "1.000"  # share of Cov_l < 0
     normdyn_adapters.plot(panels, tmp_path / "f.png", "T")
     assert (tmp_path / "f.png").stat().st_size > 0
+
+
+# -- stage wall times of a reproduction target (tensam.reports.stages) ---------------------------
+
+def test_stage_log_records_each_stage_and_passes_the_exit_status_on(tmp_path):
+    from tensam.reports import stages
+
+    log = tmp_path / "runs" / "stages.jsonl"
+    ok = [sys.executable, "-c", "import time; time.sleep(0.2)"]
+    assert stages.main(["--log", str(log), "--stage", "training", "--", *ok]) == 0
+    assert stages.main(["--log", str(log), "--stage", "hooi", "--", sys.executable, "-c",
+                        "raise SystemExit(3)"]) == 3
+    assert stages.main(["--log", str(log), "--stage", "training", "--", *ok]) == 0
+    with open(log, "a") as f:
+        f.write('{"stage": "diagnostics", "sec')  # torn by a kill
+    records = [json.loads(line) for line in log.read_text().splitlines()[:3]]
+    assert [r["stage"] for r in records] == ["training", "hooi", "training"]
+    assert [r["status"] for r in records] == [0, 3, 0]
+    assert all(0.2 <= r["seconds"] < 30 for r in (records[0], records[2]))
+    latest = stages.latest(log)  # the last successful record of each stage, failures left out
+    assert list(latest) == ["training"] and latest["training"] == records[2]
+    assert stages.latest(tmp_path / "absent.jsonl") == {}
+
+
+def test_table1_prints_the_stage_times_of_its_target(tmp_path):
+    _table1(tmp_path / "runs")
+    text = _build_table1(tmp_path / "runs", tmp_path / "out")
+    assert "Stage wall times are not recorded for these runs (no `stages.jsonl`" in text
+    (tmp_path / "runs" / "stages.jsonl").write_text("\n".join(json.dumps(
+        {"stage": s, "seconds": t, "started": "2026-12-06 20:00 UTC", "load": 0.5, "cpus": 2,
+         "status": 0}) for s, t in (("training", 600.0), ("hooi", 96.0),
+                                    ("diagnostics", 30.0))) + "\n")
+    text = _build_table1(tmp_path / "runs", tmp_path / "out2")
+    assert "| training (18 gradient runs, 2 at a time) | 600 | 2026-12-06 20:00 UTC | 0.50 |" \
+        in text
+    assert "| HOOI (6 runs of 0 steps with baselines, 2 at a time) | 96 |" in text
+    total = re.search(r"Total (\d+) s \((\d+\.\d) min\) on 2 CPUs", text)
+    assert total and 726 <= int(total.group(1)) <= 730

@@ -20,6 +20,7 @@ import argparse
 import csv
 import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ import torch
 from tensam.reports import DIVERGED, FINISHED, Cell, require_same_settings
 from tensam.reports.format import fmt_mean_std, machine_info, markdown_table, mean_std, render
 from tensam.reports.runs import final_state, load_summaries, read_jsonl
+from tensam.reports.stages import latest
 from tensam.tensorized.tucker import tucker_to_tensor
 
 #: the paper's Table 7 (R2, mean ± std over 3 splits)
@@ -277,15 +279,45 @@ def ceiling_lines(ceiling: dict) -> str:
 
 
 def run_info(runs: dict) -> str:
-    """Training time of the gradient runs (their summaries' ``seconds``) and this machine."""
+    """Training time of the gradient runs and of HOOI (their summaries' ``seconds`` and
+    ``baselines_seconds``) and this machine."""
     info = machine_info()
     by_method = {m: [s["seconds"] for k, s in runs.items() if k[1] == m] for m in GRADIENT}
     total = sum(sum(v) for v in by_method.values())
+    hooi = [s["baselines_seconds"] for k, s in runs.items()
+            if k[1] == "hooi" and s.get("baselines_seconds") is not None]
+    hooi_text = (f"HOOI {sum(hooi):.0f} s over its {len(hooi)} runs (longest {max(hooi):.0f} s)"
+                 if hooi else "HOOI's time is not recorded")
     return (f"- Training time summed over the {sum(map(len, by_method.values()))} gradient runs "
-            f"{total:.0f} s (1 torch thread each; HOOI's time is not recorded); mean per run: "
+            f"{total:.0f} s (1 torch thread each; {hooi_text}); mean per run: "
             + ", ".join(f"{METHODS[m]} {np.mean(v):.0f} s" for m, v in by_method.items() if v)
             + f"\n- Table built on: {info['cpus']}-core CPU ({info['cpu']}); Python "
             f"{info['python']}, torch {info['torch']}, numpy {info['numpy']}\n")
+
+
+#: the stages of ``make reproduce-table1`` in their order (the Makefile's --stage names)
+STAGES = {"training": "training (18 gradient runs, 2 at a time)",
+          "hooi": "HOOI (6 runs of 0 steps with baselines, 2 at a time)",
+          "diagnostics": "diagnostics (`scripts/table1_diagnostics.py`)"}
+
+
+def stage_times(log: Path, builder_seconds: float) -> str:
+    """Wall time of each stage of the target from its stage log (``tensam.reports.stages``),
+    and this builder's own."""
+    records = latest(log)
+    if not records:
+        return (f"Stage wall times are not recorded for these runs (no `{log.name}`: the runs "
+                f"were not made by `make reproduce-table1`). This builder: "
+                f"{builder_seconds:.1f} s.\n")
+    rows = [[STAGES.get(name, name), f"{r['seconds']:.0f}", r["started"],
+             "-" if r["load"] is None else f"{r['load']:.2f}"] for name, r in records.items()]
+    rows.append(["table builder (this file)", f"{builder_seconds:.1f}", "-", "-"])
+    total = sum(r["seconds"] for r in records.values()) + builder_seconds
+    cpus = next(iter(records.values()))["cpus"]
+    return (markdown_table(["stage", "wall time (s)", "started", "load average before"], rows)
+            + f"\nTotal {total:.0f} s ({total / 60:.1f} min) on {cpus} CPUs."
+            " A stage that resumed an interrupted target skipped its finished runs and "
+            "took less than a full one.\n")
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -323,6 +355,7 @@ def diagnostics(root: Path, runs: dict, diag: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default_root = Path("runs") / "table1"
     parser.add_argument("--root", type=Path, default=default_root)
@@ -359,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     text = render("table1", agree=f"{AGREE:g}", abs_tol=f"{ABS_TOL:g}",
                   main_table=main_table(rows), verdict="\n".join(verdict(rows)),
                   settings="\n".join(settings_lines), seeds=", ".join(seeds), root=root,
-                  run_info=run_info(runs), diagnostics=diagnostics(args.root, runs, diag))
+                  run_info=run_info(runs), diagnostics=diagnostics(args.root, runs, diag),
+                  stages=stage_times(args.root / "stages.jsonl", time.perf_counter() - started))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table1.md").write_text(text)
     write_csv(rows, args.out / "table1.csv")
