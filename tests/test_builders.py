@@ -666,6 +666,15 @@ def test_stage_log_records_each_stage_and_passes_the_exit_status_on(tmp_path):
     assert stages.latest(tmp_path / "absent.jsonl") == {}
 
 
+def test_process_seconds_counts_from_the_start_of_the_process():
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", "import time; time.sleep(0.5); "
+                          "from tensam.reports.stages import process_seconds as p; print(p())"],
+                         capture_output=True, text=True, check=True).stdout
+    assert 0.5 <= float(out) < 30
+
+
 def test_table1_prints_the_stage_times_of_its_target(tmp_path):
     _table1(tmp_path / "runs")
     text = _build_table1(tmp_path / "runs", tmp_path / "out")

@@ -40,6 +40,16 @@ def run_stage(log: Path, stage: str, command: list[str]) -> int:
     return status
 
 
+def process_seconds() -> float | None:
+    """Wall time since this process started, imports included (Linux ``/proc``; else None)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return uptime - ticks / os.sysconf("SC_CLK_TCK")
+
+
 def latest(log: Path) -> dict[str, dict]:
     """The latest successful record of each stage in ``log`` (empty if there is no log)."""
     out: dict[str, dict] = {}
