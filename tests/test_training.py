@@ -16,6 +16,7 @@ from tensam.config import ConfigError
 from tensam.logging import RunLogger
 from tensam.optim import SAM
 from tensam.schedulers import build_scheduler
+from tensam.tasks.base import Task
 from tensam.train import CONFIG_DIR, run
 from tensam.training import (
     CheckpointError,
@@ -663,3 +664,32 @@ def test_committed_run_records_are_not_git_ignored():
 
     assert not ignored("results/runs/noise_cpu/sgd/seed0/summary.json")
     assert ignored("runs/vision_cpu/noise_cpu/sgd/seed0/checkpoint.pt")
+
+
+class _BlowsUpAt(Task):
+    """Loss w^2 until step ``at``, then w^2 * inf: the first non-finite loss is at ``at``."""
+
+    metrics = {"loss": False}
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def batch(self, step: int) -> int:
+        return step
+
+    def loss(self, model, batch):
+        return model.w.square().sum() * (float("inf") if batch >= self.at else 1.0)
+
+    def evaluate(self, model, test: bool = True):
+        return {"loss": float(model.w.square().sum())}
+
+
+@pytest.mark.parametrize("at", [0, 24, 25, 37, 49])
+def test_divergence_names_the_first_nonfinite_step_between_looks(tmp_path, at):
+    """The loop looks at the losses every CHECK_EVERY steps (one sync), not every step; the
+    step it reports is still the first one whose loss is non-finite."""
+    model = torch.nn.Module()
+    model.w = torch.nn.Parameter(torch.ones(3))
+    parts = Parts(_BlowsUpAt(at), model, torch.optim.SGD(model.parameters(), lr=0.01))
+    summary = train(parts, LoopConfig(steps=100, log_every=0), Output(tmp_path))
+    assert summary["status"] == "diverged" and summary["diverged_at_step"] == at

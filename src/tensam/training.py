@@ -200,6 +200,8 @@ def make_closure(task: Task, model, optimizer, micro_batches: list, loop: LoopCo
     ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     calls = 0
 
+    n = len(micro_batches)
+
     def closure():
         nonlocal calls
         calls += 1
@@ -207,11 +209,13 @@ def make_closure(task: Task, model, optimizer, micro_batches: list, loop: LoopCo
         total = 0.0
         with frozen_batchnorm(model) if calls > 1 else nullcontext():
             for i, batch in enumerate(micro_batches):
-                last = i == len(micro_batches) - 1
+                last = i == n - 1
                 with model.no_sync() if ddp and not last else nullcontext(), autocast:
-                    loss = task.loss(model, batch) / len(micro_batches)
+                    loss = task.loss(model, batch)
+                    if n > 1:  # one micro-batch: no division by 1 (exact anyway), two ops fewer
+                        loss = loss / n
                 loss.backward()
-                total = total + loss.detach()
+                total = total + loss.detach() if n > 1 else loss.detach()
         if calls == 1 and on_first_backward is not None:
             on_first_backward()
         if loop.grad_clip is not None:
@@ -301,7 +305,7 @@ def train(parts: Parts, loop: LoopConfig, out: Output, state: State | None = Non
     n_micro = loop.grad_accumulation
     batches = task.batches(state.step * n_micro)
     progress = _Progress(loop.progress and rank() == 0, state.step, loop.steps)
-    first_bad = None  # first step with a non-finite loss, kept on the device: no sync per step
+    unchecked: list[torch.Tensor] = []  # losses since the last look, on the device: no sync
 
     def checkpoint(path: Path) -> None:
         if rank() == 0:
@@ -323,18 +327,17 @@ def train(parts: Parts, loop: LoopConfig, out: Output, state: State | None = Non
         loss = optimizer.step(closure)
         if scheduler is not None:
             scheduler.step()
-        if first_bad is None:
-            first_bad = torch.full((), -1, device=loss.device)
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
+        unchecked.append(loss)
         done = step + 1
         evaluating = bool(loop.eval_every) and done % loop.eval_every == 0
         checkpointing = bool(loop.checkpoint_every) and done % loop.checkpoint_every == 0
         if logging_now or evaluating or checkpointing or done % CHECK_EVERY == 0 \
                 or done == loop.steps:
-            bad = int(first_bad)
+            bad = _first_nonfinite(unchecked)
             if bad >= 0:
                 state.seconds += time.perf_counter() - started
-                return _diverged(task, state, bad, loss, logger, record)
+                return _diverged(task, state, done - len(unchecked) + bad, loss, logger, record)
+            unchecked.clear()
         if logging_now:
             record["train/loss"] = loss.item()
         if evaluating:
@@ -363,6 +366,12 @@ def train(parts: Parts, loop: LoopConfig, out: Output, state: State | None = Non
     state.step = step
     state.seconds += time.perf_counter() - started
     return _finish(task, model, index, batches, state, logger, loop)
+
+
+def _first_nonfinite(losses: list[torch.Tensor]) -> int:
+    """Index of the first non-finite loss of ``losses``, or -1: one host-device sync."""
+    finite = torch.isfinite(torch.stack(losses))
+    return -1 if bool(finite.all()) else int((~finite).nonzero()[0, 0])
 
 
 def _finite(model) -> bool:
