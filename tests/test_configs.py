@@ -3,6 +3,7 @@ exactly that method over exactly that base, an experiment's per-method values re
 method, bad values fail in one line, the configs ship in the package, and every command the
 README shows runs."""
 
+import copy
 import json
 import re
 import shlex
@@ -70,11 +71,19 @@ def dense_resnet20(tmp_path_factory):
         yield path
 
 
+#: models already built, by their task and model config: an experiment's model is built once
+#: and copied for each optimizer (table3's TT-SVD of a ResNet-18 takes many seconds)
+_MODELS: dict[str, torch.nn.Module] = {}
+
+
 def _build(c):
-    target = c["task"].get("data", {}).get("_target_")
-    task = (SimpleNamespace(model_inputs=lambda: STUB_INPUTS[target]) if target in STUB_INPUTS
-            else build_task(c["task"], c["model"].get("pretrained")))
-    model = build_model(c["model"], task)
+    key = json.dumps([c["task"], c["model"]], sort_keys=True, default=str)
+    if key not in _MODELS:
+        target = c["task"].get("data", {}).get("_target_")
+        task = (SimpleNamespace(model_inputs=lambda: STUB_INPUTS[target])
+                if target in STUB_INPUTS else build_task(c["task"], c["model"].get("pretrained")))
+        _MODELS[key] = build_model(c["model"], task)
+    model = copy.deepcopy(_MODELS[key])
     return model, build_optimizer(c["optimizer"], model, total_steps=10)
 
 
