@@ -286,3 +286,17 @@ def test_scale_probe_measures_lambda_and_the_whole_step():
     assert torch.isinf(got_step[~finite]).all()
     with pytest.raises(TypeError, match="DAS"):
         step_sizes(task, model, torch.optim.SGD(model.parameters(), lr=0.1), None)
+
+
+def test_diagnostics_report_the_last_steps_lambda():
+    """What the training loop logs at log steps (scale/lambda_*): |lambda_k| of the step just
+    taken, largest and median over the cores; nothing before the first step."""
+    model = TwoTucker(seed=4)
+    das = DAS(_two_lr_sgd(model), core_groups(model), alpha=0.05)
+    assert das.diagnostics() == {}
+    backward(model)
+    lam = das.scale_factors().abs()
+    das.step()
+    assert das.diagnostics() == {"scale/lambda_absmax": float(lam.max()),
+                                 "scale/lambda_absmedian": float(lam.median())}
+    assert float(lam.max()) > 0

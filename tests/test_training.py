@@ -693,3 +693,13 @@ def test_divergence_names_the_first_nonfinite_step_between_looks(tmp_path, at):
     parts = Parts(_BlowsUpAt(at), model, torch.optim.SGD(model.parameters(), lr=0.01))
     summary = train(parts, LoopConfig(steps=100, log_every=0), Output(tmp_path))
     assert summary["status"] == "diverged" and summary["diverged_at_step"] == at
+
+
+def test_das_runs_log_their_lambda_at_log_steps_and_adam_runs_do_not(tmp_path):
+    run(_cfg("optimizer=das", "steps=20", "log_every=10"), tmp_path / "das")
+    logged = [r for r in _records(tmp_path / "das") if "train/loss" in r]
+    assert [r["step"] for r in logged] == [0, 10]
+    assert all(r["scale/lambda_absmax"] >= r["scale/lambda_absmedian"] >= 0 for r in logged)
+    assert logged[0]["scale/lambda_absmax"] > 0
+    run(_cfg("optimizer=adamw", "steps=20", "log_every=10"), tmp_path / "adam")
+    assert not any("scale/lambda_absmax" in r for r in _records(tmp_path / "adam"))

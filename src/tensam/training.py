@@ -340,6 +340,7 @@ def train(parts: Parts, loop: LoopConfig, out: Output, state: State | None = Non
             unchecked.clear()
         if logging_now:
             record["train/loss"] = loss.item()
+            record.update(getattr(optimizer, "diagnostics", dict)())  # e.g. DAS's |lambda_k|
         if evaluating:
             metrics = _evaluate(task, model, test=not loop.test_at_best)
             record.update({f"eval/{k}": v for k, v in metrics.items()})

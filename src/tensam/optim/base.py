@@ -111,6 +111,11 @@ class WrappedOptimizer(torch.optim.Optimizer):
         """The update of a one-pass step from the gradients on ``.grad`` (the base step)."""
         self.base.step()
 
+    def diagnostics(self) -> dict[str, float]:
+        """Scalars about the last step for the run's log (read at log steps only; each read
+        may sync with the device). Nothing for a method without its own quantities."""
+        return {}
+
     @torch.no_grad()
     def step(self, closure: Closure | None = None):
         """One step; ``closure`` zeroes the gradients, runs forward and backward, returns the
@@ -319,6 +324,16 @@ class ScalingOptimizer(WrappedOptimizer):
         """lambda_k for every core of ``self.index`` (one entry per core)."""
         raise NotImplementedError
 
+    def diagnostics(self) -> dict[str, float]:
+        """|lambda_k| of the last step, largest and median over the cores: how much the scaling
+        moves the cores (next to the base step's relative change, ``scripts/das_scale.py``)."""
+        lam = getattr(self, "_last_lambda", None)
+        if lam is None or not lam.numel():
+            return {}
+        size = lam.abs()
+        return {"scale/lambda_absmax": float(size.max()),
+                "scale/lambda_absmedian": float(size.median())}
+
     def _operands(self, lam: torch.Tensor):
         """(cores, lambdas, residuals) as ``_foreach`` operands, in the index's layout."""
         cores, lam = self.index.operands(lam)
@@ -329,7 +344,8 @@ class ScalingOptimizer(WrappedOptimizer):
         if not len(self.index):
             return self.base.step()
         self._check_layout()
-        cores, lam, residual = self._operands(self.scale_factors())
+        self._last_lambda = self.scale_factors()
+        cores, lam, residual = self._operands(self._last_lambda)
         if not self.compensated:
             increments = torch._foreach_mul(cores, lam)  # lambda G^(t), before the base step
             self.base.step()
