@@ -300,3 +300,13 @@ def test_diagnostics_report_the_last_steps_lambda():
     assert das.diagnostics() == {"scale/lambda_absmax": float(lam.max()),
                                  "scale/lambda_absmedian": float(lam.median())}
     assert float(lam.max()) > 0
+
+
+def test_scale_probe_reports_the_median_ratio_per_core_position():
+    from tensam.analysis.das_scale import by_position
+
+    ratio = torch.tensor([1.0, 10.0, float("inf"), 3.0, 30.0, 300.0], dtype=torch.float64)
+    # torch's median: the lower of the two middle values; inf (a core with G = 0) left out
+    assert by_position(ratio, [3, 3]) == "1.0e+00 / 1.0e+01 / 3.0e+02"
+    assert by_position(ratio[[0, 1, 3]], [1, 1, 1]) == "3.0e+00"
+    assert by_position(ratio[:5], [3, 2]) == "- (layers of different K)"

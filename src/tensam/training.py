@@ -198,9 +198,7 @@ def make_closure(task: Task, model, optimizer, micro_batches: list, loop: LoopCo
     autocast = (torch.autocast(device, dtype=torch.bfloat16) if loop.precision == "bf16"
                 else nullcontext())
     ddp = isinstance(model, nn.parallel.DistributedDataParallel)
-    calls = 0
-
-    n = len(micro_batches)
+    calls, n = 0, len(micro_batches)
 
     def closure():
         nonlocal calls

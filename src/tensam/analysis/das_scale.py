@@ -15,11 +15,9 @@ import argparse
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from tensam.optim import DAS, build_optimizer
-from tensam.tasks import build_model, build_task
+from tensam.reports.runs import build, config
 from tensam.training import train_step
 
 
@@ -33,23 +31,18 @@ def step_sizes(task, model, optimizer: DAS, batch) -> tuple[torch.Tensor, torch.
     lam = []
     train_step(task, model, optimizer, batch,
                on_first_backward=lambda: lam.append(optimizer.scale_factors().abs()))
-    moved = torch.stack([(c.detach() - b).norm() for c, b in zip(cores, before, strict=True)])
-    size = torch.stack([b.norm() for b in before])
+    moved = torch.stack(torch._foreach_norm(torch._foreach_sub([c.detach() for c in cores],
+                                                                before)))
+    size = torch.stack(torch._foreach_norm(before))
     return lam[0].double(), (moved / size).double()
 
 
-def probe(overrides: list[str], warmup: int, seed: int = 0) -> dict:
-    """Compose ``train`` with ``overrides`` (a DAS optimizer), train ``warmup`` steps, probe the
-    next one; returns the per-core arrays and their summary."""
-    from tensam.train import CONFIG_DIR, seed_everything
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    c = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("task", "model", "optimizer")}
-    seed_everything(seed)
-    task = build_task(c["task"], c["model"].get("pretrained"))
-    model = build_model(c["model"], task)
-    optimizer = build_optimizer(c["optimizer"], model, total_steps=warmup + 1)
+def probe(overrides: list[str], warmup: int) -> dict:
+    """Build the run of ``overrides`` (a DAS optimizer) as ``train.py`` would, train ``warmup``
+    steps, probe the next one; returns the per-core arrays and their summary."""
+    cfg = config(overrides)
+    task, model = build(cfg)
+    optimizer = build_optimizer(cfg["optimizer"], model, total_steps=warmup + 1)
     batches = task.batches(0)
     for _ in range(warmup):
         train_step(task, model, optimizer, next(batches))
@@ -59,11 +52,24 @@ def probe(overrides: list[str], warmup: int, seed: int = 0) -> dict:
     return {"lambda": lam, "relative_step": rel, "cores": len(lam),
             "lambda_median": float(lam.median()), "lambda_max": float(lam.max()),
             "step_median": float(rel[finite].median()),
-            "ratio_median": float(ratio.median()), "ratio_max": float(ratio.max())}
+            "ratio_median": float(ratio.median()), "ratio_max": float(ratio.max()),
+            "by_position": by_position(lam / rel, [g.K for g in optimizer.index.groups])}
+
+
+def by_position(ratio: torch.Tensor, K: list[int]) -> str:  # noqa: N803 - the paper's K
+    """Median (torch's: the lower middle value) of ``ratio`` over the layers for each position
+    k = 1..K of a core in its layer (cores in layer order), where every layer has the same K;
+    cores with G_k = 0 left out."""
+    if len(set(K)) != 1:
+        return "- (layers of different K)"
+    table = ratio.reshape(len(K), K[0])
+    medians = [col[torch.isfinite(col)].median() if torch.isfinite(col).any() else None
+               for col in table.T]
+    return " / ".join("-" if m is None else f"{float(m):.1e}" for m in medians)
 
 
 ROW = ("| {name} | {cores} | {lambda_median:.2e} | {lambda_max:.2e} | {step_median:.2e} | "
-       "{ratio_median:.1e} | {ratio_max:.1e} |")
+       "{ratio_median:.1e} | {ratio_max:.1e} | {by_position} |")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
         f"step: ||G_k^(t+1) - G_k^(t)|| / ||G_k^(t)|| of the whole update; ratio: |lambda_k| / "
         f"step per core (cores with G_k = 0 left out). Cases: {cases}.\n\n"
         "| case | cores | median abs(lambda) | max abs(lambda) | median step | "
-        "median ratio | max ratio |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+        "median ratio | max ratio | median ratio by core position k = 1..K in a layer |\n"
+        "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
     print(f"wrote {args.out}")
 
 

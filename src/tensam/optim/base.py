@@ -250,6 +250,7 @@ class ScalingOptimizer(WrappedOptimizer):
         self._params_changed()
         self.compensated = compensated
         self._layout = None
+        self._last_lambda: torch.Tensor | None = None  # of the last step, for diagnostics()
         self._relayout(residuals=None)
 
     def _params_changed(self) -> None:
@@ -327,7 +328,7 @@ class ScalingOptimizer(WrappedOptimizer):
     def diagnostics(self) -> dict[str, float]:
         """|lambda_k| of the last step, largest and median over the cores: how much the scaling
         moves the cores (next to the base step's relative change, ``scripts/das_scale.py``)."""
-        lam = getattr(self, "_last_lambda", None)
+        lam = self._last_lambda
         if lam is None or not lam.numel():
             return {}
         size = lam.abs()
