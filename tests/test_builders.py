@@ -570,7 +570,8 @@ def test_fig3_pairs_gains_with_sgd_by_seed_and_reports_the_tuned_values(tmp_path
     fig3.main(["--root", str(root), "--tune-root", str(tune), "--out", str(tmp_path / "f3")])
     text = (tmp_path / "f3.md").read_text()
     rows = {line.split(" | ")[0] + line.split(" | ")[1]: line.split(" | ")
-            for line in text.splitlines() if line.startswith(("| CP", "| TR"))}
+            for line in text.splitlines()
+            if line.startswith(("| CP", "| TR")) and line.count(" | ") == 8}  # the main table
     cp = rows["| CP10"]
     assert cp[3] == "61.00 ± 1.00" and cp[6].startswith("+2.00 [")  # SAM: +1, +2, +3 points
     assert cp[7] == "-0.20 [-0.20, -0.20]" and cp[8] == "3 / 3 / 3 |"
@@ -579,6 +580,15 @@ def test_fig3_pairs_gains_with_sgd_by_seed_and_reports_the_tuned_values(tmp_path
             "(0 above, 0 below)") in text  # gains 1, 2, 3: t-interval [-0.48, +4.48]
     assert ("DAS - SGD: mean gain positive on 0 of 2 models; the 95% interval excludes 0 on 2 "
             "(0 above, 2 below)") in text
+    # pooled: every (model, seed) pair one observation; SAM gains 1, 2, 3 on each model:
+    # mean 2, sd sqrt(0.8) over 6 pairs, t(0.975, 5) = 2.5706 -> half-width 0.94
+    assert "| CP | 1 | 3 / 3 | +2.00 [-0.48, +4.48] | -0.20 [-0.20, -0.20] |" in text
+    assert "| all models | 2 | 6 / 6 | +2.00 [+1.06, +2.94] | -0.20 [-0.20, -0.20] |" in text
+    assert ("- SAM - SGD pooled (all models, 6 pairs): +2.00 [+1.06, +2.94] points; the "
+            "interval lies above 0.") in text
+    assert ("- SAM - SGD pooled (CP, all ranks, 3 pairs): +2.00 [-0.48, +4.48] points; the "
+            "interval includes 0.") in text
+    assert "| TR | 5 | 0.2 | 0.2 | 0.2 |" in text  # 10 s per run, in minutes
     assert (tmp_path / "f3.png").stat().st_size > 0
 
 

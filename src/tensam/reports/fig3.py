@@ -10,9 +10,12 @@ the seed. Diverged runs are counted apart, never averaged. The figure has two pa
 decomposition: test accuracy against the compression ratio (mean and 95% Student-t interval
 over seeds), and the gain over SGD paired by seed, acc(method, s) - acc(SGD, s), with the
 standard error the paper's Figure 3 draws. The table gives the paired gains with their 95%
-intervals (:mod:`tensam.stats`). With ``--tune-root``, the report also shows which rho and alpha
-the tuning runs chose (``tensam.reports.tuned``) and their validation scores. The paper gives
-Figure 3 as a plot (its text quotes no number), so its claims are quoted beside ours.
+intervals (:mod:`tensam.stats`), per model and pooled over the ranks of each decomposition and
+over all models (every (model, seed) pair one observation: the mean gain over the design, which
+2 or 3 seeds per model cannot resolve model by model), and the mean training time of a run.
+With ``--tune-root``, the report also shows which rho and alpha the tuning runs chose
+(``tensam.reports.tuned``) and their validation scores. The paper gives Figure 3 as a plot (its
+text quotes no number), so its claims are quoted beside ours.
 Writes ``<out>.md`` and ``<out>.png``.
 """
 
@@ -97,6 +100,36 @@ def rows_of(table: dict[tuple, Cell]) -> list[dict]:
     return out
 
 
+def pooled(rows: list[dict]) -> dict[str, dict]:
+    """Per decomposition and over all models ("all"): the paired gains of every (model, seed)
+    pair, ``{pool: {"pairs": n, m: Interval or None}}``."""
+    out = {}
+    for pool in [*sorted({r["conv"] for r in rows}), "all"]:
+        sub = [r for r in rows if pool in (r["conv"], "all")]
+        gains = {m: [g for r in sub for g in r[f"{m} gains"]] for m in GAINS}
+        out[pool] = {"models": len(sub), **{m: mean_interval(g) if g else None
+                                            for m, g in gains.items()},
+                     "pairs": " / ".join(str(len(gains[m])) for m in GAINS)}
+    return out
+
+
+def pooled_rows(pools: dict[str, dict]) -> list[list]:
+    return [[pool.upper() if pool != "all" else "all models", p["models"], p["pairs"],
+             *(p[m].format(2) if p[m] is not None else "-" for m in GAINS)]
+            for pool, p in pools.items()]
+
+
+def time_rows(table: dict[tuple, Cell]) -> list[list]:
+    """Mean training time of a finished run (minutes), per (conv, rank) and method."""
+    out = []
+    for conv, rank in sorted({k[:2] for k in table}):
+        cell = {m: table.get((conv, rank, m)) for m in METHODS}
+        out.append([conv.upper(), rank, *(
+            f"{np.mean([s['seconds'] for s in c.finished.values()]) / 60:.1f}"
+            if c is not None and c.finished else "-" for c in cell.values())])
+    return out
+
+
 def table_rows(rows: list[dict]) -> list[list]:
     def acc(values: dict) -> str:
         if not values:
@@ -165,8 +198,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def verdict(rows: list[dict]) -> str:
-    """How many (model, method) gains are significant, and in which direction."""
+def verdict(rows: list[dict], pools: dict[str, dict]) -> str:
+    """How many (model, method) gains are significant, and in which direction; the pooled
+    gains."""
     parts = []
     for m in GAINS:
         gains = [r[m] for r in rows if r[m] is not None]
@@ -175,6 +209,16 @@ def verdict(rows: list[dict]) -> str:
         positive = sum(g.mean > 0 for g in gains)
         parts.append(f"- {m} - SGD: mean gain positive on {positive} of {len(gains)} models; the "
                      f"95% interval excludes 0 on {up + down} ({up} above, {down} below).")
+    for m in GAINS:
+        for pool, p in pools.items():
+            g = p[m]
+            if g is None or g.n < 2:
+                continue
+            sign = "above" if g.low > 0 else "below" if g.high < 0 else "includes"
+            where = "all models" if pool == "all" else f"{pool.upper()}, all ranks"
+            parts.append(f"- {m} - SGD pooled ({where}, {g.n} pairs): {g.format(2)} points; "
+                         + ("the interval includes 0." if sign == "includes"
+                            else f"the interval lies {sign} 0."))
     return "\n".join(parts)
 
 
@@ -190,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     if not summaries:
         raise SystemExit(f"tensam: no runs under {args.root}")
     try:
-        rows = rows_of(cells(summaries))
+        table = cells(summaries)
+        rows = rows_of(table)
         tuning = tuning_rows(args.tune_root) if args.tune_root else []
     except ValueError as err:
         raise SystemExit(f"tensam: {err}") from None
@@ -212,7 +257,11 @@ def main(argv: list[str] | None = None) -> None:
         table=markdown_table(["decomposition", "rank", "compression", "SGD acc. (%)",
                               "SAM acc. (%)", "DAS acc. (%)", "SAM - SGD (points)",
                               "DAS - SGD (points)", "runs SGD / SAM / DAS"], table_rows(rows)),
-        verdict=verdict(rows),
+        verdict=verdict(rows, pools := pooled(rows)),
+        pooled=markdown_table(["pool", "models", "pairs SAM / DAS", "SAM - SGD (points)",
+                               "DAS - SGD (points)"], pooled_rows(pools)),
+        times=markdown_table(["decomposition", "rank", "SGD (min)", "SAM (min)", "DAS (min)"],
+                             time_rows(table)),
         tuning=markdown_table(["decomposition", "rank", "method", "chosen", "val. acc. (%)",
                                "grid (value: val. acc. %)"], tuning) if tuning else
         "(no tuning runs given: `--tune-root`)\n",
