@@ -559,11 +559,12 @@ def test_fig3_pairs_gains_with_sgd_by_seed_and_reports_the_tuned_values(tmp_path
     for conv, rank in (("cp", 10), ("tr", 5)):
         for seed in (0, 1, 2):
             base = 0.6 + seed / 100  # a seed effect that pairing removes
-            for method, gain, extra in (("none", 0.0, {}), ("sam", 0.01 * (1 + seed),
-                                                             {"rho": 0.05}),
-                                        ("das", -0.002, {"alpha": 0.01})):
+            for method, gain, extra, loss in (("none", 0.0, {}, 0.3),
+                                              ("sam", 0.01 * (1 + seed), {"rho": 0.05}, 0.6),
+                                              ("das", -0.002, {"alpha": 0.01}, 0.5)):
                 _run(root / f"{conv}{rank}" / method / f"seed{seed}",
-                     _f3_config(method, seed, conv, rank, **extra), value=base + gain)
+                     _f3_config(method, seed, conv, rank, **extra), value=base + gain,
+                     **{"train/loss": loss + seed / 10})
     for rho, acc in ((0.01, 0.55), (0.05, 0.58)):
         _run(tune / "tr5" / "rho" / f"{rho}",
              _f3_config("sam", 0, "tr", 5, "fig3_cpu_tune", rho=rho), value=acc)
@@ -588,7 +589,8 @@ def test_fig3_pairs_gains_with_sgd_by_seed_and_reports_the_tuned_values(tmp_path
             "interval lies above 0.") in text
     assert ("- SAM - SGD pooled (CP, all ranks, 3 pairs): +2.00 [-0.48, +4.48] points; the "
             "interval includes 0.") in text
-    assert "| TR | 5 | 0.2 | 0.2 | 0.2 |" in text  # 10 s per run, in minutes
+    # 10 s per run, in minutes; train losses: method's + 0, 0.1, 0.2 over the seeds
+    assert "| TR | 5 | 0.2 | 0.2 | 0.2 | 0.400 | 0.700 | 0.600 |" in text
     assert (tmp_path / "f3.png").stat().st_size > 0
 
 

@@ -120,13 +120,19 @@ def pooled_rows(pools: dict[str, dict]) -> list[list]:
 
 
 def time_rows(table: dict[tuple, Cell]) -> list[list]:
-    """Mean training time of a finished run (minutes), per (conv, rank) and method."""
+    """Per (conv, rank) and method, means over the finished runs: training time (minutes) and
+    the final training loss (``train/loss``: the loss of a training batch after the last step,
+    which tells whether the runs fit their training images)."""
+    def mean(cell: Cell | None, key: str, scale: float, digits: int) -> str:
+        if cell is None or not cell.finished:
+            return "-"
+        return f"{np.mean([s[key] for s in cell.finished.values()]) * scale:.{digits}f}"
+
     out = []
     for conv, rank in sorted({k[:2] for k in table}):
-        cell = {m: table.get((conv, rank, m)) for m in METHODS}
-        out.append([conv.upper(), rank, *(
-            f"{np.mean([s['seconds'] for s in c.finished.values()]) / 60:.1f}"
-            if c is not None and c.finished else "-" for c in cell.values())])
+        cell = [table.get((conv, rank, m)) for m in METHODS]
+        out.append([conv.upper(), rank, *(mean(c, "seconds", 1 / 60, 1) for c in cell),
+                    *(mean(c, "train/loss", 1.0, 3) for c in cell)])
     return out
 
 
@@ -260,7 +266,8 @@ def main(argv: list[str] | None = None) -> None:
         verdict=verdict(rows, pools := pooled(rows)),
         pooled=markdown_table(["pool", "models", "pairs SAM / DAS", "SAM - SGD (points)",
                                "DAS - SGD (points)"], pooled_rows(pools)),
-        times=markdown_table(["decomposition", "rank", "SGD (min)", "SAM (min)", "DAS (min)"],
+        times=markdown_table(["decomposition", "rank", "SGD (min)", "SAM (min)", "DAS (min)",
+                              "SGD train loss", "SAM train loss", "DAS train loss"],
                              time_rows(table)),
         tuning=markdown_table(["decomposition", "rank", "method", "chosen", "val. acc. (%)",
                                "grid (value: val. acc. %)"], tuning) if tuning else
