@@ -12,7 +12,8 @@ over seeds), and the gain over SGD paired by seed, acc(method, s) - acc(SGD, s),
 standard error the paper's Figure 3 draws. The table gives the paired gains with their 95%
 intervals (:mod:`tensam.stats`), per model and pooled over the ranks of each decomposition and
 over all models (every (model, seed) pair one observation: the mean gain over the design, which
-2 or 3 seeds per model cannot resolve model by model), and the mean training time of a run.
+2 or 3 seeds per model cannot resolve model by model), and the mean training time and final
+training loss of a run.
 With ``--tune-root``, the report also shows which rho and alpha the tuning runs chose
 (``tensam.reports.tuned``) and their validation scores. The paper gives Figure 3 as a plot (its
 text quotes no number), so its claims are quoted beside ours.
@@ -102,7 +103,7 @@ def rows_of(table: dict[tuple, Cell]) -> list[dict]:
 
 def pooled(rows: list[dict]) -> dict[str, dict]:
     """Per decomposition and over all models ("all"): the paired gains of every (model, seed)
-    pair, ``{pool: {"pairs": n, m: Interval or None}}``."""
+    pair: ``{pool: {"models": count, "pairs": "n_SAM / n_DAS", m: Interval or None}}``."""
     out = {}
     for pool in [*sorted({r["conv"] for r in rows}), "all"]:
         sub = [r for r in rows if pool in (r["conv"], "all")]
@@ -220,11 +221,11 @@ def verdict(rows: list[dict], pools: dict[str, dict]) -> str:
             g = p[m]
             if g is None or g.n < 2:
                 continue
-            sign = "above" if g.low > 0 else "below" if g.high < 0 else "includes"
             where = "all models" if pool == "all" else f"{pool.upper()}, all ranks"
+            side = ("lies above 0" if g.low > 0 else "lies below 0" if g.high < 0
+                    else "includes 0")
             parts.append(f"- {m} - SGD pooled ({where}, {g.n} pairs): {g.format(2)} points; "
-                         + ("the interval includes 0." if sign == "includes"
-                            else f"the interval lies {sign} 0."))
+                         f"the interval {side}.")
     return "\n".join(parts)
 
 
