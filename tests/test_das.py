@@ -4,6 +4,7 @@ import pytest
 import torch
 from toys import TwoTucker, WithLoRA, backward, covid, das_lambdas, make_optimizer, sq, values
 
+from tensam.bench.optim import EagerFloorDAS
 from tensam.cores import core_groups
 from tensam.optim import DAS
 from tensam.optim.schedules import scheduled
@@ -107,11 +108,14 @@ def test_eta_is_the_current_learning_rate():
     assert not torch.allclose(before, lam)
 
 
-def test_alpha_zero_is_the_base_optimizer_bitwise():
+@pytest.mark.parametrize("method", [DAS, EagerFloorDAS])
+def test_alpha_zero_is_the_base_optimizer_bitwise(method):
+    """Also the benchmark's eager floor: its dispatches change no parameter."""
     torch.manual_seed(0)
     a, b = TwoTucker(seed=5, dtype=torch.float32), TwoTucker(seed=5, dtype=torch.float32)
     adam = torch.optim.Adam(a.parameters(), lr=0.01)
-    das = DAS(torch.optim.Adam(b.parameters(), lr=0.01), core_groups(b), alpha=0.0)
+    das = method(torch.optim.Adam(b.parameters(), lr=0.01), core_groups(b),
+                 alpha=0.0 if method is DAS else 0.5)
     for _ in range(20):
         backward(a)
         adam.step()

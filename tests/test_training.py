@@ -427,6 +427,9 @@ def test_cosine_schedule_is_what_das_reads_as_eta():
     for _ in range(10):
         lrs.append(opt.param_groups[0]["lr"])
         assert float(opt.learning_rates()[0]) == lrs[-1]
+        for alpha in (0.5, 0.25):  # the cached eta * alpha follows eta and alpha
+            assert float(opt.scaled_learning_rates(alpha, torch.float32)[0]) == \
+                torch.tensor(lrs[-1] * alpha, dtype=torch.float64).float().item()
         opt.step(make_closure(task, model, opt, [None], LoopConfig(1)))
         sched.step()
     assert lrs[:2] == pytest.approx([0.05, 0.1])  # linear warm-up

@@ -28,8 +28,10 @@ def squared_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Stacked ||t||_F^2 of each tensor (float32 or wider), one ``_foreach_norm`` call."""
     if not tensors:
         return torch.zeros(0)
-    norms = torch._foreach_norm(tensors)
-    return torch.stack(norms).to(torch.promote_types(norms[0].dtype, torch.float32)).square()
+    stacked = torch.stack(torch._foreach_norm(tensors))
+    if stacked.dtype in LOW_PRECISION:  # a cast is a dispatch: only where one is needed
+        stacked = stacked.float()
+    return stacked.square()
 
 
 @dataclass
@@ -112,7 +114,8 @@ class CoreIndex:
 
     def operands(self, lam: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """(cores, lambda) as ``_foreach`` operands: one entry per core."""
-        return self.cores, list(lam.to(self.cores[0].dtype).unbind())
+        dtype = self.cores[0].dtype
+        return self.cores, list((lam if lam.dtype == dtype else lam.to(dtype)).unbind())
 
 
 class FlatCoreIndex(CoreIndex):

@@ -14,6 +14,8 @@ blocks of its per-step mean.
 
 ``das-flat`` is DAS with the opt-in flat core buffer (``optimizer.flatten=true``,
 :class:`tensam.norms.FlatCoreIndex`): its gain on each workload, measured beside the default.
+``das-floor`` (Tucker) is :class:`EagerFloorDAS`: DAS's dispatches without its lambda arithmetic,
+what no eager rewrite of that arithmetic can go below.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tensam.logging import atomic_write_text
-from tensam.optim import build_optimizer
+from tensam.optim import DAS, build_optimizer
 from tensam.reports.format import machine_info
 from tensam.reports.runs import config
 from tensam.tasks import build_model, build_task
@@ -97,6 +99,18 @@ class Bench:
     through_loop: tuple[str, ...] = ()  # methods stepped by tensam.training.train (LoopRunner)
 
 
+class EagerFloorDAS(DAS):
+    """Timing reference, not a method: DAS's step with lambda_k = 0 and none of the lambda
+    arithmetic (Algorithm 2, line 5), keeping the per-core squared norms (one ``_foreach_norm``)
+    and the compensated update (one ``_foreach_addcmul_`` before the base step, four ``_foreach``
+    ops after it). Its ratio to the base optimizer is the floor of any eager DAS step that
+    computes the norms and keeps the scaling exact."""
+
+    def scale_factors(self) -> torch.Tensor:
+        sq_core, _ = self.index.sq_norms()
+        return sq_core.mul_(0.0)
+
+
 def benches(quick: bool) -> list[Bench]:
     table1 = ["experiment=table1"]
     tucker_cfg = config(table1)
@@ -113,6 +127,8 @@ def benches(quick: bool) -> list[Bench]:
               {"base": table1 + ["optimizer=adamw"], "sam": table1 + ["optimizer=sam"],
                "das": table1 + ["optimizer=das"],
                "das-flat": table1 + ["optimizer=das", "optimizer.flatten=true"],
+               "das-floor": table1 + ["optimizer=das", "optimizer._target_="
+                                      f"{EagerFloorDAS.__module__}.{EagerFloorDAS.__qualname__}"],
                "base-loop": table1 + ["optimizer=adamw"]},
               {"sam": 2.05, "das": 1.10},
               warmup=scale(300, 50), blocks=scale(60, 8), steps=scale(200, 50),

@@ -65,7 +65,7 @@ class BAR(ScalingOptimizer):
         alpha = scheduled(self.alpha, self.alpha_schedule, self.steps, self.total_steps)
         s = torch.where(self.x_grows(), 1.0, -1.0)[self.index.layer]
         self._role = self._role.to(s.device)  # a no-op unless the model moved
-        return (alpha * self.learning_rates()) * (s * self._role)
+        return self.scaled_learning_rates(alpha, torch.float64) * (s * self._role)
 
 
 class NBAR(BAR):

@@ -246,7 +246,7 @@ class ScalingOptimizer(WrappedOptimizer):
             raise ConfigError(f"flatten={flatten!r} must be true or false")
         super().__init__(base, defaults)
         self.index = (FlatCoreIndex if flatten else CoreIndex)(as_core_groups(groups))
-        self._lr_cache: tuple[tuple, torch.Tensor] | None = None
+        self._lr_cache: tuple[tuple, torch.Tensor, dict] | None = None
         self._params_changed()
         self.compensated = compensated
         self._layout = None
@@ -318,8 +318,20 @@ class ScalingOptimizer(WrappedOptimizer):
         lrs = tuple(float(g["lr"]) for g in self.param_groups)
         if self._lr_cache is None or self._lr_cache[0] != lrs:
             eta = torch.tensor(lrs, dtype=torch.float64)[self._core_param_group]
-            self._lr_cache = (lrs, eta.to(self.index.K.device))
+            self._lr_cache = (lrs, eta.to(self.index.K.device), {})
         return self._lr_cache[1]
+
+    def scaled_learning_rates(self, alpha: float, dtype: torch.dtype) -> torch.Tensor:
+        """alpha * eta^(t) of every core, computed in float64 and cast to ``dtype``; cached
+        while the learning rates and alpha stay the same (a constant schedule recomputes
+        nothing: two fewer dispatches per step, same bits)."""
+        eta = self.learning_rates()
+        products = self._lr_cache[2]
+        key = (alpha, dtype)
+        if key not in products:
+            products.clear()  # one entry: alpha changes every step under a decaying schedule
+            products[key] = eta.mul(alpha).to(dtype)
+        return products[key]
 
     def scale_factors(self) -> torch.Tensor:
         """lambda_k for every core of ``self.index`` (one entry per core)."""

@@ -49,7 +49,7 @@ class DAS(ScalingOptimizer):
         gbar = layer_total * idx.inv_K_as(sq_grad.dtype)
         total = layer_total if self.normalization == "layer" else sq_grad.sum()  # u^(-2)
         alpha = scheduled(self.alpha, self.alpha_schedule, self.steps, self.total_steps)
-        coef = self.learning_rates().mul(alpha).to(sq_grad.dtype)  # eta^(t) alpha^(t)
+        coef = self.scaled_learning_rates(alpha, sq_grad.dtype)  # eta^(t) alpha^(t)
         denom = (total.sqrt() * sq_core).clamp_min_(torch.finfo(sq_core.dtype).tiny)
         lam = (sq_grad - gbar).mul_(coef).div_(denom)
         # a core with ||G_k||^2 <= eps is not scaled; no gradient at all gives 0/tiny = 0
