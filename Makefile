@@ -197,7 +197,7 @@ reproduce-fig3: venv
 	$(call fig3_grid,fig3,$(FIG3_MODELS),$(FIG3_SEEDS),runs,,)
 	$(PY) scripts/make_fig3.py --root runs/fig3 --out results/fig3
 
-# Figure 3 at CPU scale (2 cores, about 2.7 h): CP and TR ResNet-20 at three ranks each (about
+# Figure 3 at CPU scale (2 cores, about 3.2 h alone on the machine): CP and TR ResNet-20 at three ranks each (about
 # 17x, 4.7x and 1.2x compression), 5k training images, 25 epochs, 2 paired seeds; rho and alpha
 # tuned once per decomposition at its middle rank (10 epochs, the paper's grid, validation
 # split); one run at a time on both cores. Runs under $(CPU_RUNS)/fig3_cpu{,_tune}/.
