@@ -98,6 +98,7 @@ reproduce-all: reproduce-table1 reproduce-fig1 reproduce-fig2 theory reproduce-o
 # Per-step cost of SAM and DAS vs the base optimizer, timed in one process (no training runs).
 bench: venv
 	$(PY) scripts/bench_optim.py
+	$(PY) scripts/bench_table1_batch.py
 
 # --- Tensorized ResNets on CIFAR-10 (Sec. 5.2). Data: TENSAM_CIFAR10=<cifar10-jpg.tar.gz or an
 # ImageFolder dir>, or task.data.source=torchvision via GRID_ARGS (downloads). Each run directory

@@ -117,3 +117,18 @@ def test_bad_rank_raises_naming_model_rank(rank, why):
 def test_bad_init_raises_naming_model_init():
     with pytest.raises(ValueError, match=r"model\.init='orthogonal'"):
         Tucker((4, 6, 3), (2, 2, 2), init="orthogonal")
+
+
+def test_batched_tucker_equals_each_models_tucker_to_tensor():
+    """The batched forward of bench_table1_batch: B stacked models, the same mode products."""
+    from tensam.bench.table1_batch import batched_tucker_to_tensor
+
+    gen = torch.Generator().manual_seed(0)
+    shape, rank, batch = (7, 3, 5), (2, 3, 4), 3
+    core = torch.randn(batch, *rank, generator=gen)
+    factors = [torch.randn(batch, n, r, generator=gen) for n, r in zip(shape, rank, strict=True)]
+    out = batched_tucker_to_tensor(core, factors)
+    assert out.shape == (batch, *shape)
+    for b in range(batch):
+        expected = tucker_to_tensor(core[b], [f[b] for f in factors])
+        torch.testing.assert_close(out[b], expected, rtol=1e-6, atol=1e-6)

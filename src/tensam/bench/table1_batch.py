@@ -1,0 +1,180 @@
+"""Can Table 1 train in the 3-minute budget? The cost of its runs stacked into one batched model
+(results/bench_table1_batch.md).
+
+    .venv/bin/python scripts/bench_table1_batch.py
+
+``make reproduce-table1`` trains 18 runs of 50,000 full-batch steps of a tiny Tucker model
+(438 x 6 x 11, rank (8, 6, 8)), one process per run, where an AdamW step costs 0.7-0.9 ms on this
+CPU, mostly in dispatching small ops. After HOOI (about 120 CPU-s) and the diagnostics (about
+20 s), a 3-minute make on 2 cores leaves about 200 CPU-s for the 1.2 million forward-backward
+passes of the 18 runs (SAM's two per step): about 0.17 ms per pass. Batching is the one way to
+share the dispatches: stack the 6 runs of a method (3 splits x 2 protocols) along a leading
+dimension and train them as one model.
+
+This benchmark times, interleaved in one process on one thread (``tensam.bench.common``):
+
+* ``single``: one run's AdamW step as ``train.py`` takes it (``tensam.training.train_step``);
+* ``batched``: one step of the 6 runs stacked: :func:`batched_tucker_to_tensor` (the same mode
+  products, in the same order, as batched matmuls), the sum of the runs' losses, one backward and
+  one AdamW step on the stacked parameters (Adam is elementwise, so stacking changes no formula);
+
+and reports the time per run-step of each, the ratio, and whether the batched path reproduces the
+single runs bit for bit (forward, gradients, and the parameters after ``--check-steps`` steps).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+
+from tensam.bench.common import bench_machine, bench_parser, interleaved_times, write_bench
+from tensam.reports.runs import build, config
+from tensam.training import train_step
+
+#: the 6 runs of one method in Table 1: both protocols x 3 splits (= seeds)
+RUNS = [(experiment, seed) for experiment in ("table1", "table1_paper") for seed in (0, 1, 2)]
+#: CPU-s left for training per forward-backward pass in a 3-minute make (see the docstring)
+BUDGET_MS_PER_PASS = 0.17
+
+
+def batched_mode_product(t: torch.Tensor, matrix: torch.Tensor, mode: int) -> torch.Tensor:
+    """``tensam.tensorized.tucker.mode_product`` of every run at once: ``t`` (B, ...) and
+    ``matrix`` (B, n, r) contract ``t``'s axis ``mode + 1`` with the columns of ``matrix``."""
+    moved = torch.movedim(t, mode + 1, -1)
+    out = torch.bmm(moved.reshape(t.shape[0], -1, moved.shape[-1]), matrix.transpose(1, 2))
+    return torch.movedim(out.reshape(*moved.shape[:-1], matrix.shape[1]), -1, mode + 1)
+
+
+def batched_tucker_to_tensor(core: torch.Tensor, factors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``tucker_to_tensor`` of B stacked Tucker models: core (B, r_1, ..., r_d), factors
+    (B, n_i, r_i); the mode products in the same order of increasing growth n_i / r_i."""
+    order = sorted(range(core.dim() - 1),
+                   key=lambda i: factors[i].shape[1] / factors[i].shape[2])
+    out = core
+    for mode in order:
+        out = batched_mode_product(out, factors[mode], mode)
+    return out
+
+
+class Batched:
+    """The runs of ``RUNS`` as one stacked model with one AdamW (the runs' own settings)."""
+
+    def __init__(self, singles: list):
+        tasks, models = zip(*[(task, model) for task, model, _ in singles], strict=True)
+        self.cores = [torch.nn.Parameter(torch.stack([m.cores()[k].detach() for m in models]))
+                      for k in range(len(models[0].cores()))]
+        self.target = tasks[0].target
+        self.weight = torch.stack([t.weight for t in tasks])
+        base = singles[0][2]["optimizer"]["base"]
+        self.optimizer = torch.optim.AdamW(self.cores, lr=base["lr"], betas=tuple(base["betas"]),
+                                           weight_decay=base["weight_decay"])
+
+    def forward(self) -> torch.Tensor:
+        return batched_tucker_to_tensor(self.cores[0], self.cores[1:])
+
+    def loss(self) -> torch.Tensor:
+        """The sum of the runs' losses: each run's gradient is its own loss's."""
+        return ((self.forward() - self.target).square() * self.weight).sum()
+
+    def step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss().backward()
+        self.optimizer.step()
+
+
+def singles() -> list:
+    """(task, model, config) of each run of ``RUNS``, built as ``train.py`` builds them."""
+    out = []
+    for experiment, seed in RUNS:
+        cfg = config([f"experiment={experiment}", "optimizer=adamw", f"seed={seed}"])
+        out.append((*build(cfg), cfg))
+    return out
+
+
+def bitwise(steps: int) -> dict[str, bool | float]:
+    """Does the batched path give each run's forward, first gradients and parameters after
+    ``steps`` AdamW steps exactly? Also the largest gradient difference relative to the
+    gradient's largest entry (rounding, or a wrong formula)."""
+    from tensam.optim import build_optimizer
+
+    runs = singles()
+    batched = Batched(runs)
+    result = {"forward": all(torch.equal(b, model()) for b, (_, model, _) in
+                             zip(batched.forward().detach(), runs, strict=True))}
+    batched.loss().backward()
+    grads = []
+    for task, model, _ in runs:
+        task.loss(model).backward()
+        grads.append([c.grad for c in model.cores()])
+    pairs = [(batched.cores[k].grad[i], g[k]) for i, g in enumerate(grads) for k in range(len(g))]
+    result["gradients"] = all(torch.equal(a, b) for a, b in pairs)
+    result["largest relative gradient difference"] = max(
+        float((a - b).abs().max() / b.abs().max()) for a, b in pairs)
+    optimizers = [build_optimizer(cfg["optimizer"], model) for _, model, cfg in runs]
+    batched = Batched(singles())
+    for _ in range(steps):
+        batched.step()
+        for (task, model, _), opt in zip(runs, optimizers, strict=True):
+            train_step(task, model, opt, None)
+    result[f"parameters after {steps} steps"] = all(
+        torch.equal(batched.cores[k][i], c) for i, (_, model, _) in enumerate(runs)
+        for k, c in enumerate(model.cores()))
+    return result
+
+
+def main() -> None:
+    parser = bench_parser(__doc__, steps=200, threads=1)
+    parser.add_argument("--check-steps", type=int, default=100)
+    parser.set_defaults(warmup=100, blocks=20)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    from tensam.optim import build_optimizer
+
+    task, model, cfg = singles()[0]
+    opt = build_optimizer(cfg["optimizer"], model)
+    batched = Batched(singles())
+    steps = {"single": lambda: train_step(task, model, opt, None), "batched": batched.step}
+    for run in steps.values():
+        for _ in range(args.warmup):
+            run()
+    times = interleaved_times(steps, args.blocks, args.steps)
+    median = {k: sorted(v)[len(v) // 2] * 1e3 for k, v in times.items()}
+    per_run = {"single": median["single"], "batched": median["batched"] / len(RUNS)}
+    exact = bitwise(args.check_steps)
+    machine = bench_machine("bench_table1_batch.py", args.threads, load_before, args.device)
+    lines = [
+        "# Table 1's runs stacked into one batched model: time per run-step",
+        "",
+        f"Command: `{machine['command']}`  ",
+        f"Date (UTC): {machine['date']}; machine: {machine['cpu']}, torch {machine['torch']}, "
+        f"{args.threads} thread; load average before / after: {machine['load']}.",
+        "",
+        f"One AdamW step of Table 1's model (`experiment=table1`, seed 0) alone (`single`, "
+        f"`tensam.training.train_step`) and of its {len(RUNS)} runs of one method stacked "
+        f"(`batched`, `tensam.bench.table1_batch.Batched`), interleaved: {args.warmup} warm-up "
+        f"steps, then {args.blocks} blocks x {args.steps} steps each; median over blocks. "
+        f"Budget: {BUDGET_MS_PER_PASS} ms per forward-backward pass leaves a 3-minute "
+        "`make reproduce-table1` (see the module docstring).",
+        "",
+        "| path | ms per step | runs per step | ms per run-step | budget per pass |",
+        "|---|---:|---:|---:|---:|",
+        f"| single | {median['single']:.3f} | 1 | {per_run['single']:.3f} | "
+        f"{BUDGET_MS_PER_PASS} |",
+        f"| batched | {median['batched']:.3f} | {len(RUNS)} | {per_run['batched']:.3f} | "
+        f"{BUDGET_MS_PER_PASS} |",
+        "",
+        f"Batched / single per run-step: {per_run['batched'] / per_run['single']:.3f}x.",
+        "",
+        "Bit for bit against the single runs (all 6 runs, `torch.equal`): "
+        + "; ".join(f"{k}: {v:.2e}" if isinstance(v, float) else
+                    f"{k}: {'equal' if v else 'different'}" for k, v in exact.items()) + ".",
+        "",
+    ]
+    write_bench("bench_table1_batch", args.out, args.device, "\n".join(lines),
+                {"machine": machine, "times_s": times, "median_ms": median,
+                 "per_run_ms": per_run, "bitwise": exact, "runs": RUNS})
+if __name__ == "__main__":
+    main()
