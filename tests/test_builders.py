@@ -442,6 +442,9 @@ def test_table2_pairs_each_method_with_sgd_by_seed_and_reports_the_regime(tmp_pa
     assert diffs["DAS (layer) - SGD"][2].startswith("+5.50 [")
     assert diffs["DAS (layer) - SGD"][4] == "+0.00 [+0.00, +0.00]"  # best: no difference
     assert "| 60% | SGD | 80.0 | 70.0 | 10.0 |" in text
+    settings = text[text.index("optimizer settings:"):]  # each DAS row shows its own settings
+    assert "'DAS': {" in settings and "'DAS (layer)': {" in settings
+    assert settings.count("'normalization': 'layer'") == 1  # the layer row's, not DAS's
 
 
 def test_fastpath_check_pairs_the_arms_by_seed_and_splits_precision_from_layout(

@@ -110,14 +110,17 @@ def method_of(config: Mapping) -> str:
     return "ASAM" if name == "SAM" and opt.get("adaptive") else name
 
 
-def optimizer_settings(summaries: Iterable[Mapping]) -> dict[str, dict]:
+def optimizer_settings(summaries: Iterable[Mapping],
+                       label: Callable[[dict], str] | None = None) -> dict[str, dict]:
     """Each method's optimizer arguments (its base's under ``base``) in ``summaries``, for a
-    table's header."""
+    table's header; ``label(config)`` names a table's row (default: the method), so rows of
+    one method with other settings (DAS's normalization) each show their own."""
     def plain(node: Mapping) -> dict:
         return {k: plain(v) if isinstance(v, Mapping) else v for k, v in node.items()
                 if k not in ("_target_", "_partial_")}
 
-    return {method_of(s["config"]): plain(s["config"]["optimizer"]) for s in summaries}
+    label = label or method_of
+    return {label(s["config"]): plain(s["config"]["optimizer"]) for s in summaries}
 
 
 def seed_keys(runs: Mapping[Any, Mapping]) -> set[str]:

@@ -188,7 +188,8 @@ def main() -> None:
             "`tensam.data.cifar.symmetric_noise`), scored on `{eval}`; {epochs} epochs, batch "
             "{batch}; optimizer settings: {opt}.".format(
                 eval=data["eval_split"], epochs=first["epochs"],
-                batch=first["task"]["batch_size"], opt=optimizer_settings(summaries.values())),
+                batch=first["task"]["batch_size"],
+                opt=optimizer_settings(summaries.values(), row_label)),
             ""]
     write_report(args.out, text, summaries,
                  "under whatever else the machine was running (the runs' thread counts: "
