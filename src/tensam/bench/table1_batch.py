@@ -30,7 +30,10 @@ from collections.abc import Sequence
 import torch
 
 from tensam.bench.common import bench_machine, bench_parser, interleaved_times, write_bench
-from tensam.reports.runs import build, config
+from tensam.build import build
+from tensam.reports.runs import build as build_run
+from tensam.reports.runs import config
+from tensam.tensorized.tucker import mode_order
 from tensam.training import train_step
 
 #: the 6 runs of one method in Table 1: both protocols x 3 splits (= seeds)
@@ -50,16 +53,15 @@ def batched_mode_product(t: torch.Tensor, matrix: torch.Tensor, mode: int) -> to
 def batched_tucker_to_tensor(core: torch.Tensor, factors: Sequence[torch.Tensor]) -> torch.Tensor:
     """``tucker_to_tensor`` of B stacked Tucker models: core (B, r_1, ..., r_d), factors
     (B, n_i, r_i); the mode products in the same order of increasing growth n_i / r_i."""
-    order = sorted(range(core.dim() - 1),
-                   key=lambda i: factors[i].shape[1] / factors[i].shape[2])
     out = core
-    for mode in order:
+    for mode in mode_order([f.shape[1:] for f in factors]):
         out = batched_mode_product(out, factors[mode], mode)
     return out
 
 
 class Batched:
-    """The runs of ``RUNS`` as one stacked model with one AdamW (the runs' own settings)."""
+    """The runs of ``RUNS`` as one stacked model with one base optimizer, built from the runs'
+    own ``optimizer.base`` node (AdamW for Table 1)."""
 
     def __init__(self, singles: list):
         tasks, models = zip(*[(task, model) for task, model, _ in singles], strict=True)
@@ -67,9 +69,8 @@ class Batched:
                       for k in range(len(models[0].cores()))]
         self.target = tasks[0].target
         self.weight = torch.stack([t.weight for t in tasks])
-        base = singles[0][2]["optimizer"]["base"]
-        self.optimizer = torch.optim.AdamW(self.cores, lr=base["lr"], betas=tuple(base["betas"]),
-                                           weight_decay=base["weight_decay"])
+        self.optimizer = build(singles[0][2]["optimizer"]["base"], "optimizer.base",
+                               params=self.cores)
 
     def forward(self) -> torch.Tensor:
         return batched_tucker_to_tensor(self.cores[0], self.cores[1:])
@@ -89,7 +90,7 @@ def singles() -> list:
     out = []
     for experiment, seed in RUNS:
         cfg = config([f"experiment={experiment}", "optimizer=adamw", f"seed={seed}"])
-        out.append((*build(cfg), cfg))
+        out.append((*build_run(cfg), cfg))
     return out
 
 

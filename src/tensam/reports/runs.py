@@ -111,7 +111,7 @@ def method_of(config: Mapping) -> str:
 
 
 def optimizer_settings(summaries: Iterable[Mapping],
-                       label: Callable[[dict], str] | None = None) -> dict[str, dict]:
+                       label: Callable[[Mapping], str] = method_of) -> dict[str, dict]:
     """Each method's optimizer arguments (its base's under ``base``) in ``summaries``, for a
     table's header; ``label(config)`` names a table's row (default: the method), so rows of
     one method with other settings (DAS's normalization) each show their own."""
@@ -119,7 +119,6 @@ def optimizer_settings(summaries: Iterable[Mapping],
         return {k: plain(v) if isinstance(v, Mapping) else v for k, v in node.items()
                 if k not in ("_target_", "_partial_")}
 
-    label = label or method_of
     return {label(s["config"]): plain(s["config"]["optimizer"]) for s in summaries}
 
 

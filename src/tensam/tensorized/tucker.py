@@ -24,11 +24,16 @@ def tucker_to_tensor(core: torch.Tensor, factors: Sequence[torch.Tensor]) -> tor
     Mode products commute; they are applied in order of increasing growth n_i / r_i so the
     intermediate tensors stay small (for the COVID tensor this halves the flops).
     """
-    order = sorted(range(core.dim()), key=lambda i: factors[i].shape[0] / factors[i].shape[1])
     out = core
-    for mode in order:
+    for mode in mode_order([f.shape for f in factors]):
         out = mode_product(out, factors[mode], mode)
     return out
+
+
+def mode_order(factor_shapes: Sequence[Sequence[int]]) -> list[int]:
+    """The modes in order of increasing growth n_i / r_i of their factors (n_i, r_i)."""
+    return sorted(range(len(factor_shapes)),
+                  key=lambda i: factor_shapes[i][0] / factor_shapes[i][1])
 
 
 class Tucker(nn.Module):
