@@ -132,3 +132,28 @@ def test_batched_tucker_equals_each_models_tucker_to_tensor():
     for b in range(batch):
         expected = tucker_to_tensor(core[b], [f[b] for f in factors])
         torch.testing.assert_close(out[b], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_replay_runs_exactly_the_recorded_aten_calls():
+    """The floor of bench_table1_batch: a step's ATen calls (forward, backward, optimizer),
+    replayed, are the same calls in the same order, and none of torch.optim's profiler ops."""
+    from toys import covid
+
+    from tensam.bench.table1_batch import AtenRecorder, record_step, replay
+
+    task, model = covid(rank=(2, 2, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        task.loss(model).backward()
+        opt.step()
+
+    step()  # the optimizer state exists
+    calls = record_step(step)
+    names = [str(func) for func, _, _ in calls]
+    assert names.count("aten.mm.default") == 9  # 3 mode products, 2 more in each backward
+    assert not any(name.startswith("profiler.") for name in names)
+    with AtenRecorder() as again:
+        replay(calls)
+    assert [str(func) for func, _, _ in again.calls] == names
