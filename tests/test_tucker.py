@@ -139,7 +139,7 @@ def test_replay_runs_exactly_the_recorded_aten_calls():
     replayed, are the same calls in the same order, and none of torch.optim's profiler ops."""
     from toys import covid
 
-    from tensam.bench.table1_batch import AtenRecorder, record_step, replay
+    from tensam.bench.common import AtenRecorder, record_step, replay
 
     task, model = covid(rank=(2, 2, 2))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -1,5 +1,6 @@
-"""What every benchmark shares: interleaved timing, the command line, and writing the result
-beside the machine it was measured on."""
+"""What every benchmark shares: interleaved timing, the command line, writing the result beside
+the machine it was measured on, and the replay of a step's ATen calls (the floor of any driver
+of the same kernels)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tensam.logging import atomic_write_text
 from tensam.reports.format import machine_info
@@ -50,8 +54,6 @@ def bench_parser(doc: str, steps: int, threads: int) -> argparse.ArgumentParser:
 def write_bench(name: str, out: Path | None, device, text: str, data: dict) -> None:
     """``text`` to ``out`` (default ``results/<name>.md``, ``<name>_gpu.md`` on CUDA) and
     ``data`` beside it as JSON."""
-    import torch
-
     gpu = torch.device(device).type == "cuda"
     out = out or RESULTS / f"{name}{'_gpu' if gpu else ''}.md"
     atomic_write_text(out, text)
@@ -65,8 +67,6 @@ def bench_machine(script: str, threads: int, load_before: tuple, device) -> dict
     import datetime
     import sys
 
-    import torch
-
     machine = {**machine_info(), "threads": threads,
                "command": " ".join([".venv/bin/python", f"scripts/{script}", *sys.argv[1:]]),
                "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
@@ -75,3 +75,33 @@ def bench_machine(script: str, threads: int, load_before: tuple, device) -> dict
     if torch.device(device).type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(0)
     return machine
+
+
+class AtenRecorder(TorchDispatchMode):
+    """Every ATen call made while active, below autograd (forward, backward and optimizer
+    alike), as ``(op, args, kwargs)`` holding the very tensors it was called with."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.namespace != "profiler":
+            self.calls.append((func, args, kwargs))
+        return func(*args, **kwargs)
+
+
+def record_step(step) -> list[tuple]:
+    """The ATen calls of one call of ``step``."""
+    with AtenRecorder() as recorder:
+        step()
+    return recorder.calls
+
+
+@torch.no_grad()
+def replay(calls: list[tuple]) -> None:
+    """Run recorded calls again on the recorded tensors: the same kernels on the same shapes and
+    layouts, none of the Python around them (a timing tool: the values are not a step's)."""
+    for func, args, kwargs in calls:
+        func(*args, **kwargs)

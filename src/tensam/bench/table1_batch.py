@@ -22,8 +22,9 @@ and reports the time per run-step of each, the ratio, and whether the batched pa
 single runs bit for bit (forward, gradients, and the parameters after ``--check-steps`` steps).
 
 It also measures the *floor* of any faster single run that keeps every bit: the ATen calls of one
-step of each method (Adam, SAM, DAS), recorded below autograd by :class:`AtenRecorder`, replayed
-in a bare loop (:func:`replay`) with no Python model, closure or autograd graph around them.
+step of each method (Adam, SAM, DAS), recorded below autograd
+(:class:`tensam.bench.common.AtenRecorder`) and replayed in a bare loop
+(:func:`tensam.bench.common.replay`), with no Python model, closure or autograd graph around them.
 The same kernels on the same shapes and layouts are what a bit-identical run must execute, so
 ``replay`` bounds from below what fusing dispatches, scripting or a C++ driver could reach; the
 cost of calling that many trivial ops (``aten.alias``) estimates how much of it is dispatch.
@@ -36,9 +37,15 @@ import os
 from collections.abc import Sequence
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from tensam.bench.common import bench_machine, bench_parser, interleaved_times, write_bench
+from tensam.bench.common import (
+    bench_machine,
+    bench_parser,
+    interleaved_times,
+    record_step,
+    replay,
+    write_bench,
+)
 from tensam.build import build
 from tensam.reports.runs import build as build_run
 from tensam.reports.runs import config
@@ -106,36 +113,6 @@ def singles(optimizer: str = "adamw") -> list:
         cfg = config([f"experiment={experiment}", f"optimizer={optimizer}", f"seed={seed}"])
         out.append((*build_run(cfg), cfg))
     return out
-
-
-class AtenRecorder(TorchDispatchMode):
-    """Every ATen call made while active, below autograd (forward, backward and optimizer
-    alike), as ``(op, args, kwargs)`` holding the very tensors it was called with."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls: list[tuple] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func.namespace != "profiler":
-            self.calls.append((func, args, kwargs))
-        return func(*args, **kwargs)
-
-
-def record_step(step) -> list[tuple]:
-    """The ATen calls of one call of ``step``."""
-    with AtenRecorder() as recorder:
-        step()
-    return recorder.calls
-
-
-@torch.no_grad()
-def replay(calls: list[tuple]) -> None:
-    """Run recorded calls again on the recorded tensors: the same kernels on the same shapes and
-    layouts, none of the Python around them (a timing tool: the values are not a step's)."""
-    for func, args, kwargs in calls:
-        func(*args, **kwargs)
 
 
 def floor_times(blocks: int, steps: int, warmup: int) -> dict[str, dict[str, float]]:
