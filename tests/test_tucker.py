@@ -157,3 +157,27 @@ def test_replay_runs_exactly_the_recorded_aten_calls():
     with AtenRecorder() as again:
         replay(calls)
     assert [str(func) for func, _, _ in again.calls] == names
+
+
+def test_elementwise_work_gives_the_same_bits_batched():
+    """The premise of bench_table1_batch's `ordered` column: AdamW's elementwise update of three
+    runs stacked along a new axis equals each run's own update, bit for bit."""
+    gen = torch.Generator().manual_seed(0)
+    runs = [[torch.rand(n, r, generator=gen) for n, r in ((438, 8), (6, 6), (11, 8))]
+            for _ in range(3)]
+    stacked = [torch.stack([run[k] for run in runs]).requires_grad_() for k in range(3)]
+    singles = [[p.clone().requires_grad_() for p in run] for run in runs]
+    opts = [torch.optim.AdamW(stacked, lr=1e-3, weight_decay=0.01)]
+    opts += [torch.optim.AdamW(run, lr=1e-3, weight_decay=0.01) for run in singles]
+    for _ in range(20):
+        grads = [torch.randn(p.shape, generator=gen) for p in stacked]
+        for p, g in zip(stacked, grads, strict=True):
+            p.grad = g.clone()
+        for i, run in enumerate(singles):
+            for p, g in zip(run, grads, strict=True):
+                p.grad = g[i].clone()
+        for opt in opts:
+            opt.step()
+    for i, run in enumerate(singles):
+        for k, p in enumerate(run):
+            assert torch.equal(stacked[k][i], p)
