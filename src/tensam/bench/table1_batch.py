@@ -106,10 +106,11 @@ class Batched:
         self.optimizer.step()
 
 
-def singles(optimizer: str = "adamw") -> list:
-    """(task, model, config) of each run of ``RUNS``, built as ``train.py`` builds them."""
+def singles(optimizer: str = "adamw", runs: Sequence[tuple[str, int]] = tuple(RUNS)) -> list:
+    """(task, model, config) of each of ``runs`` (experiment, seed), built as ``train.py`` builds
+    them."""
     out = []
-    for experiment, seed in RUNS:
+    for experiment, seed in runs:
         cfg = config([f"experiment={experiment}", f"optimizer={optimizer}", f"seed={seed}"])
         out.append((*build_run(cfg), cfg))
     return out
@@ -129,7 +130,7 @@ def floor_times(blocks: int, steps: int, warmup: int) -> dict[str, dict[str, flo
 
     out = {}
     for method in METHODS:
-        task, model, cfg = singles(method)[0]
+        (task, model, cfg), = singles(method, RUNS[:1])
         opt = build_optimizer(cfg["optimizer"], model)
 
         def step(task=task, model=model, opt=opt):
@@ -264,7 +265,7 @@ def main() -> None:
     load_before = os.getloadavg()
     from tensam.optim import build_optimizer
 
-    task, model, cfg = singles()[0]
+    (task, model, cfg), = singles(runs=RUNS[:1])
     opt = build_optimizer(cfg["optimizer"], model)
     batched = Batched(singles())
     steps = {"single": lambda: train_step(task, model, opt, None), "batched": batched.step}
