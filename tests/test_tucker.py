@@ -181,3 +181,12 @@ def test_elementwise_work_gives_the_same_bits_batched():
     for i, run in enumerate(singles):
         for k, p in enumerate(run):
             assert torch.equal(stacked[k][i], p)
+
+
+def test_table1_bench_counts_the_runs_the_experiments_configure():
+    """bench_table1_batch's arithmetic (18 runs x STEPS) follows the experiment configs."""
+    from tensam.bench.table1_batch import RUNS, STEPS, training_cpu_s
+    from tensam.reports.runs import config
+
+    assert {config([f"experiment={e}"])["steps"] for e, _ in RUNS} == {STEPS}
+    assert training_cpu_s({"adamw": 1.0, "sam": 2.0}) == 3.0 * len(RUNS) * STEPS / 1e3

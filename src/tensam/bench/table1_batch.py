@@ -56,10 +56,12 @@ from tensam.training import train_step
 RUNS = [(experiment, seed) for experiment in ("table1", "table1_paper") for seed in (0, 1, 2)]
 #: the methods of Table 1 (optimizer config) and their forward-backward passes per step
 METHODS = {"adamw": 1, "sam": 2, "das": 1}
+#: the steps of every Table 1 run (``steps`` of experiment=table1 and table1_paper)
+STEPS = 50_000
 #: CPU-s a 3-minute make leaves for training on 2 cores (see the module docstring)
 BUDGET_TRAINING_CPU_S = 200.0
 #: the same budget per forward-backward pass: 6 runs x 50,000 steps x the passes of each method
-BUDGET_MS_PER_PASS = round(BUDGET_TRAINING_CPU_S * 1e3 / (len(RUNS) * 50_000
+BUDGET_MS_PER_PASS = round(BUDGET_TRAINING_CPU_S * 1e3 / (len(RUNS) * STEPS
                                                            * sum(METHODS.values())), 2)
 
 
@@ -155,10 +157,10 @@ def floor_times(blocks: int, steps: int, warmup: int) -> dict[str, dict[str, flo
     return out
 
 
-def training_cpu_s(ms_per_step: dict[str, float], runs_per_method: int = 6,
-                   steps: int = 50_000) -> float:
-    """CPU-s of Table 1's gradient runs (6 per method, 50,000 steps) at these step costs."""
-    return sum(ms * runs_per_method * steps / 1e3 for ms in ms_per_step.values())
+def training_cpu_s(ms_per_step: dict[str, float]) -> float:
+    """CPU-s of Table 1's gradient runs (``RUNS`` per method, ``STEPS`` steps each) at these
+    costs per step."""
+    return sum(ms * len(RUNS) * STEPS / 1e3 for ms in ms_per_step.values())
 
 
 def bitwise(steps: int) -> dict[str, bool | float]:
@@ -221,7 +223,8 @@ def floor_lines(floor: dict[str, dict[str, float]], args) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
-        f"Table 1's 18 gradient runs (6 per method, 50,000 steps each) at these costs: "
+        f"Table 1's {len(RUNS) * len(METHODS)} gradient runs ({len(RUNS)} per method, "
+        f"{STEPS:,} steps each) at these costs: "
         f"{cpu['step']:.0f} CPU-s as steps, {cpu['replay']:.0f} CPU-s as replays, "
         f"{cpu['kernels']:.0f} CPU-s of kernels alone, against the {BUDGET_TRAINING_CPU_S:.0f} "
         "CPU-s a 3-minute make leaves for training on 2 cores. "
