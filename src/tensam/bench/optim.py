@@ -15,7 +15,10 @@ blocks of its per-step mean.
 ``das-flat`` is DAS with the opt-in flat core buffer (``optimizer.flatten=true``,
 :class:`tensam.norms.FlatCoreIndex`): its gain on each workload, measured beside the default.
 ``das-floor`` (Tucker) is :class:`EagerFloorDAS`: DAS's dispatches without its lambda arithmetic,
-what no eager rewrite of that arithmetic can go below.
+what no eager rewrite of that arithmetic can go below. ``das-wrapper`` and ``das-compiled`` come
+from :mod:`tensam.bench.compiled_das`: the step contract around the base optimizer with no
+scaling, and DAS bit for bit with lambda and the compensated update compiled (present when a C
+compiler is).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tensam.bench.compiled_das import CompiledDAS, WrapperOnlyDAS, compiler
 from tensam.logging import atomic_write_text
 from tensam.optim import DAS, build_optimizer
 from tensam.reports.format import machine_info
@@ -111,10 +115,16 @@ class EagerFloorDAS(DAS):
         return sq_core.mul_(0.0)
 
 
+def _target(cls: type) -> str:
+    return f"optimizer._target_={cls.__module__}.{cls.__qualname__}"
+
+
 def benches(quick: bool) -> list[Bench]:
     table1 = ["experiment=table1"]
     tucker_cfg = config(table1)
     sgd = ["optimizer/base=sgd"]
+    compiled = ({"das-compiled": ["optimizer=das", _target(CompiledDAS)]}
+                if compiler() is not None else {})
 
     def scale(full: int, short: int) -> int:
         return short if quick else full
@@ -127,8 +137,9 @@ def benches(quick: bool) -> list[Bench]:
               {"base": table1 + ["optimizer=adamw"], "sam": table1 + ["optimizer=sam"],
                "das": table1 + ["optimizer=das"],
                "das-flat": table1 + ["optimizer=das", "optimizer.flatten=true"],
-               "das-floor": table1 + ["optimizer=das", "optimizer._target_="
-                                      f"{EagerFloorDAS.__module__}.{EagerFloorDAS.__qualname__}"],
+               "das-floor": table1 + ["optimizer=das", _target(EagerFloorDAS)],
+               "das-wrapper": table1 + ["optimizer=das", _target(WrapperOnlyDAS)],
+               **{m: table1 + o for m, o in compiled.items()},
                "base-loop": table1 + ["optimizer=adamw"]},
               {"sam": 2.05, "das": 1.10},
               warmup=scale(300, 50), blocks=scale(60, 8), steps=scale(200, 50),
@@ -138,7 +149,8 @@ def benches(quick: bool) -> list[Bench]:
               DeepCPRegression, DeepCPRegression.model,
               {"base": ["optimizer=sgd"], "sam": ["optimizer=sam"] + sgd,
                "das": ["optimizer=das"] + sgd,
-               "das-flat": ["optimizer=das", "optimizer.flatten=true"] + sgd},
+               "das-flat": ["optimizer=das", "optimizer.flatten=true"] + sgd,
+               **{m: o + sgd for m, o in compiled.items()}},
               {"sam": 2.05, "das-flat": 1.05},
               warmup=scale(20, 5), blocks=scale(30, 5), steps=scale(20, 5)),
     ]
@@ -249,7 +261,12 @@ def markdown(report: dict) -> str:
         "wall-clock and decide PASS/FAIL; the CPU-time ratio (same medians over the thread's CPU "
         "time, which excludes time the process waited for a core) is a cross-check on a loaded "
         "machine. A method ending in `-loop` runs the same steps through `tensam.training.train` "
-        "(the whole training loop), so its ratio is the loop's own per-step cost.",
+        "(the whole training loop), so its ratio is the loop's own per-step cost. "
+        "Timing references, not methods: `das-floor` is DAS's norms and compensated update "
+        "without its lambda arithmetic; `das-wrapper` is DAS's wrapper around the base "
+        "optimizer with no scaling (the step contract's own cost); `das-compiled` is DAS bit "
+        "for bit with lambda and the compensated update in two compiled C calls and torch's "
+        "norms (`tensam.bench.compiled_das`; tested bit-identical to DAS).",
         "",
     ]
     for key, bench in report["benches"].items():
