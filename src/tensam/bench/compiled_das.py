@@ -11,8 +11,8 @@ and ``das-compiled``); neither is a method a config should train with.
   the layer sums and the square root stay torch's own calls, because torch's kernels round
   differently from a plain C loop (its float32 ``sqrt`` is not correctly rounded on every CPU),
   and ``addcmul`` is a fused multiply-add. So the step is bit-identical to :class:`DAS`
-  (``tests/test_das.py`` checks it over whole runs) while dispatching about a third of DAS's
-  calls: the floor of any bit-identical DAS step that keeps torch's norms.
+  (``tests/test_compiled_das.py``), the floor of any bit-identical DAS step that keeps torch's
+  norms.
 """
 
 from __future__ import annotations
@@ -40,12 +40,13 @@ C_SOURCE = r"""
 
 /* lambda_k = ((||g_k||^2 - gbar_l) * eta_k alpha) / max(root_k ||G_k||^2, FLT_MIN), 0 where
    ||G_k||^2 <= eps; then residual_k <- fma(G_k, lambda_k, residual_k) (torch's addcmul_). */
-void das_pre(int64_t n, const float *sq, const float *layer_total, const int64_t *layer,
+void das_pre(int64_t n, const float *sq_cores, const float *sq_grads,
+             const float *layer_total, const int64_t *layer,
              const float *inv_K, const float *coef, const float *root, int64_t root_stride,
              float eps, float *lam, float *const *cores, float *const *res,
              const int64_t *numel) {
   for (int64_t i = 0; i < n; ++i) {
-    float sq_core = sq[i], sq_grad = sq[n + i];
+    float sq_core = sq_cores[i], sq_grad = sq_grads[i];
     float gbar = layer_total[layer[i]] * inv_K[i];
     float denom = root[i * root_stride] * sq_core;
     if (denom < FLT_MIN) denom = FLT_MIN;
@@ -99,7 +100,7 @@ def kernels() -> ctypes.CDLL:
         partial.replace(out)  # atomic: a concurrent process sees the whole library or none
     lib = ctypes.CDLL(str(out))
     p, i = ctypes.c_void_p, ctypes.c_int64
-    lib.das_pre.argtypes = [i, p, p, p, p, p, p, i, ctypes.c_float, p, p, p, p]
+    lib.das_pre.argtypes = [i, p, p, p, p, p, p, p, i, ctypes.c_float, p, p, p, p]
     lib.das_post.argtypes = [i, p, p, p]
     return lib
 
@@ -119,12 +120,17 @@ class CompiledDAS(DAS):
     @functools.wraps(DAS.__init__, assigned=())  # DAS's signature, for the configs' ${sig:}
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        cores = self.index.cores
-        bad = [c for c in cores if c.device.type != "cpu" or c.dtype != torch.float32
-               or not c.is_contiguous()]
-        if bad or not self.compensated or isinstance(self.index, FlatCoreIndex):
-            raise ConfigError("CompiledDAS needs contiguous float32 CPU cores, "
-                              "compensated=true and flatten=false")
+        bad = next((f"cores of {g.name!r} ({c.dtype}, {c.device}, contiguous="
+                    f"{c.is_contiguous()})" for g in self.index.groups for c in g.cores
+                    if c.device.type != "cpu" or c.dtype != torch.float32
+                    or not c.is_contiguous()), None)
+        if not self.compensated:
+            bad = "compensated=false"
+        if isinstance(self.index, FlatCoreIndex):
+            bad = "flatten=true"
+        if bad:
+            raise ConfigError(f"CompiledDAS needs contiguous float32 CPU cores, "
+                              f"compensated=true and flatten=false; got {bad}")
         self._lib = kernels()
         self._pointers_of = None
 
@@ -146,14 +152,15 @@ class CompiledDAS(DAS):
         self._check_layout()
         if self._pointers_of is not self._layout:
             self._pointers()
-        sq = torch.stack(torch._foreach_norm(idx.cores + idx.grads())).square()
-        layer_total = idx.layer_sum(sq[n:])
+        sq_core, sq_grad = idx.sq_norms()
+        layer_total = idx.layer_sum(sq_grad)
         root = (layer_total.index_select(0, idx.layer) if self.normalization == "layer"
-                else sq[n:].sum()).sqrt()  # u^(-1), per core or global, torch's sqrt
+                else sq_grad.sum()).sqrt()  # u^(-1), per core or global, torch's sqrt
         alpha = scheduled(self.alpha, self.alpha_schedule, self.steps, self.total_steps)
         coef = self.scaled_learning_rates(alpha, torch.float32)
         lam = torch.empty(n)
-        self._lib.das_pre(n, sq.data_ptr(), layer_total.data_ptr(), idx.layer.data_ptr(),
+        self._lib.das_pre(n, sq_core.data_ptr(), sq_grad.data_ptr(), layer_total.data_ptr(),
+                          idx.layer.data_ptr(),
                           self._inv_K.data_ptr(), coef.data_ptr(), root.data_ptr(),
                           int(root.dim() > 0), self.eps, lam.data_ptr(), self._cores_p,
                           self._res_p, self._numel.data_ptr())
